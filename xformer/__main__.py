@@ -1,0 +1,7 @@
+"""``python -m xformer`` (and ``torchrun -m xformer``) runs the command line."""
+
+import sys
+
+from xformer.cli import main
+
+sys.exit(main())

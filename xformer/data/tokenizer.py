@@ -1,0 +1,118 @@
+"""The tokenizer: an existing HF tokenizer, or a BERT WordPiece tokenizer trained on the corpus.
+
+A trained tokenizer is cached under ``CACHE/tokenizers/<hash>`` (keyed by the corpus and the
+tokenizer config) as a ``save_pretrained`` directory, so ``AutoTokenizer.from_pretrained`` (or
+``data.tokenizer.path``) loads it like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+from xformer.config import TokenizerConfig
+from xformer.errors import XformerError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # in this order: [PAD] = 0
+LIMIT_ALPHABET = 1000  # keep the 1000 most frequent characters; rarer ones become [UNK]
+
+
+def train_wordpiece(documents: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Train a BERT WordPiece tokenizer on (at most ``cfg.train_documents`` of) ``documents``."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        limit_alphabet=LIMIT_ALPHABET,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    docs = documents[: cfg.train_documents]
+    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        do_lower_case=cfg.lowercase,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tokenizer_cache_path(cfg: TokenizerConfig, cache_dir: Path, corpus_key: str) -> Path:
+    """Where the tokenizer trained for ``cfg`` on the corpus named ``corpus_key`` is cached."""
+    payload = json.dumps([corpus_key, cfg.model_dump(mode="json"), LIMIT_ALPHABET], sort_keys=True)
+    return Path(cache_dir) / "tokenizers" / hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """A short hash of everything that decides token ids: vocab, normalizer, pre-tokenizer."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _load(path: str | Path, what: str) -> PreTrainedTokenizerFast:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise XformerError(
+            f"{what} {str(path)!r}: could not load the tokenizer: not a local tokenizer directory, and the HF hub "
+            f"is unreachable or has no such tokenizer ({reason[:200]}); pass a local directory written by "
+            f"save_pretrained"
+        ) from None
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise XformerError(f"{what} {str(path)!r}: {type(tokenizer).__name__} is not a fast (Rust) tokenizer")
+    missing = [name for name in ("cls_token", "sep_token", "pad_token", "mask_token") if getattr(tokenizer, name) is None]
+    if missing:
+        raise XformerError(f"{what} {str(path)!r}: BERT pretraining needs a tokenizer with {', '.join(missing)}")
+    return tokenizer
+
+
+def build_tokenizer(
+    cfg: TokenizerConfig, documents: list[str] | None, cache_dir: Path, corpus_key: str
+) -> PreTrainedTokenizerFast:
+    """Load ``cfg.path``, or the cached WordPiece tokenizer for this corpus, or train and cache it.
+
+    ``documents`` are only read when training; pass None when the tokenizer is known to be loadable
+    (``cfg.path`` set or :func:`tokenizer_cache_path` present).
+    """
+    if cfg.path is not None:
+        return _load(cfg.path, "data.tokenizer.path")
+    path = tokenizer_cache_path(cfg, cache_dir, corpus_key)
+    if path.is_dir():
+        return _load(path, "cached tokenizer")
+    if documents is None:
+        raise ValueError(f"no cached tokenizer at {path}: documents are needed to train one")
+
+    t0 = time.perf_counter()
+    n = len(documents) if cfg.train_documents is None else min(len(documents), cfg.train_documents)
+    print(f"[data] training WordPiece tokenizer (vocab {cfg.vocab_size}) on {n} documents ...", file=sys.stderr)
+    tokenizer = train_wordpiece(documents, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        os.rename(tmp, path)  # atomic: the cache holds a complete tokenizer or none
+    except OSError:  # another process cached it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[data] tokenizer: {len(tokenizer)} tokens in {time.perf_counter() - t0:.1f}s -> {path}", file=sys.stderr)
+    return tokenizer

@@ -1,0 +1,74 @@
+"""Process-group setup for ``torchrun`` (DDP) and the few collectives the trainer needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands: its rank among ``world_size`` and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> this process's CUDA device if any, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def setup(device_name: str) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); NCCL on GPU, gloo on CPU."""
+    device = pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistInfo(rank=rank, world_size=world_size, device=device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sums(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum 0-d tensors over all processes (one collective) and bring them to the host."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.double() for v in values.values()])
+    if dist.is_initialized():
+        dist.all_reduce(stacked)
+    return dict(zip(values, stacked.tolist()))
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision (e.g. 'time is up'), shared so every process stops at the same step."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,110 @@
+"""BERT: token embeddings + the shared encoder + pooler, and the MLM + NSP pretraining heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xformer.config import BertConfig
+from xformer.layers.block import Encoder
+from xformer.layers.embeddings import TokenEmbeddings
+from xformer.layers.mlp import ACTIVATIONS
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # (B, T, D)
+    pooler_output: torch.Tensor  # (B, D)
+
+
+@dataclass
+class BertPreTrainingOutput:
+    mlm_logits: torch.Tensor  # (B, T, V), or (M, V) at the M masked positions when labels are given
+    nsp_logits: torch.Tensor  # (B, 2); class 0 = B follows A, 1 = B is random
+    last_hidden_state: torch.Tensor  # (B, T, D)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT initialisation: N(0, std) for linear and embedding weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: embeddings, post-LN (or pre-LN) encoder, and the tanh pooler on [CLS]."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("BertConfig.vocab_size must be set (it is taken from the tokenizer)")
+        self.config = cfg
+        self.embeddings = TokenEmbeddings(
+            cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
+            dropout=cfg.dropout, norm_eps=None if cfg.norm_first else cfg.norm_eps,
+        )
+        self.encoder = Encoder(cfg)
+        self.pooler = nn.Linear(cfg.dim, cfg.dim)
+        self.apply(lambda m: init_weights(m, cfg.init_std))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> BertOutput:
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        x = self.encoder(x, attention_mask)
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, D)
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+class MLMHead(nn.Module):
+    """Transform (dense, activation, LayerNorm) then a decoder tied to the word embeddings, with bias."""
+
+    def __init__(self, cfg: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
+        self.act = ACTIVATIONS[cfg.act]
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.decoder = nn.Linear(cfg.dim, cfg.vocab_size)
+        self.decoder.weight = word_embeddings.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(x))))  # (..., D) -> (..., V)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with masked-LM and next-sentence-prediction heads.
+
+    ``forward(..., labels=labels)`` computes MLM logits only where ``labels != -100`` (the sparse head:
+    about 15% of the vocabulary projections); without labels it returns logits at every position.
+    """
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg)
+        self.mlm = MLMHead(cfg, self.bert.embeddings.word)
+        self.nsp = nn.Linear(cfg.dim, 2)
+        for module in (self.mlm.dense, self.mlm.norm, self.nsp):  # the decoder weight is tied, already set
+            init_weights(module, cfg.init_std)
+        nn.init.zeros_(self.mlm.decoder.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> BertPreTrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        hidden = out.last_hidden_state
+        if labels is not None:
+            hidden = hidden[labels != -100]  # (B, T, D) -> (M, D)
+        return BertPreTrainingOutput(
+            mlm_logits=self.mlm(hidden), nsp_logits=self.nsp(out.pooler_output),
+            last_hidden_state=out.last_hidden_state,
+        )

@@ -1,0 +1,236 @@
+"""The training loop shared by every model.
+
+A *task* adapts a model family to the loop. It provides ``train_data`` / ``val_data`` (``len()`` and
+``batch(indices) -> dict of CPU tensors``) and three methods:
+
+- ``prepare(batch, generator)``: on-device, random per batch work (masking, augmentation);
+- ``loss(model, local, full)``: loss and summed counts for this process's rows ``local`` of the
+  micro-batch ``full`` (``full`` gives global normalisers, so N processes match one with N x batch);
+- ``metrics(counts)``: summed counts -> named metrics.
+
+Every process builds the same global micro-batch from the step number alone (a seeded permutation per
+epoch, a seeded generator per micro-batch) and keeps its own rows. So resuming needs only the step and
+the RNG state, and data-parallel runs reproduce single-process ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from xformer import distributed
+from xformer.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, rng_state,
+                                save_checkpoint, set_rng_state)
+from xformer.config import RunConfig, TrainConfig
+from xformer.errors import XformerError
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and norm weights (every parameter with fewer than 2 dims)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda")
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warmup to ``lr``, then linear or cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+    return factor
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line; on resume, lines after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, wandb_run=None):
+        self.path, self.wandb_run = path, wandb_run
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            split = record["split"]
+            self.wandb_run.log({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                               step=record["step"])
+
+
+def start_wandb(cfg: RunConfig, run_dir: Path):
+    wcfg = cfg.train.wandb
+    if not wcfg.enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise XformerError("train.wandb.enabled is true but wandb is not installed (pip install 'xformer[wandb]')") from None
+    mode = wcfg.mode if wcfg.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=wcfg.project, name=wcfg.name or run_dir.name, dir=str(run_dir), mode=mode,
+                      config=cfg.model_dump(mode="json"))
+
+
+class Trainer:
+    """Runs ``cfg.train`` on ``model`` for ``task``; checkpoints and metrics go to ``run_dir``."""
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, task, run_dir: str | Path,
+                 dist: distributed.DistInfo):
+        self.cfg, self.tcfg, self.task, self.dist = cfg, cfg.train, task, dist
+        self.run_dir = Path(run_dir)
+        self.model = model.to(dist.device)
+        self.optimizer = build_optimizer(self.model, self.tcfg, dist.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg))
+        bf16 = self.tcfg.precision == "bf16" or (self.tcfg.precision == "auto" and dist.device.type == "cuda")
+        self.autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.micro_batch = self.tcfg.batch_size * dist.world_size  # rows of one global micro-batch
+        if len(task.train_data) < self.micro_batch:
+            raise XformerError(f"the training data has {len(task.train_data)} examples, fewer than one batch "
+                               f"(train.batch_size={self.tcfg.batch_size} x {dist.world_size} processes)")
+        self.epoch_batches = len(task.train_data) // self.micro_batch
+        self._perm_epoch, self._perm = -1, None
+        step_model = torch.compile(self.model) if self.tcfg.compile else self.model
+        if dist.world_size > 1:
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            step_model = DistributedDataParallel(step_model, device_ids=ids)
+        self.step_model = step_model
+
+    # ------------------------------------------------------------------ data
+    def _generator(self, seed: int) -> torch.Generator:
+        g = torch.Generator(device=self.dist.device)
+        g.manual_seed(seed)
+        return g
+
+    def _global_batch(self, k: int) -> dict[str, torch.Tensor]:
+        """The k-th global micro-batch since the start of training, prepared on the device."""
+        epoch, pos = divmod(k, self.epoch_batches)
+        if epoch != self._perm_epoch:
+            rng = np.random.default_rng([self.tcfg.seed, epoch])
+            self._perm, self._perm_epoch = rng.permutation(len(self.task.train_data)), epoch
+        idx = self._perm[pos * self.micro_batch:(pos + 1) * self.micro_batch]
+        batch = {n: t.to(self.dist.device, non_blocking=True) for n, t in self.task.train_data.batch(idx).items()}
+        return self.task.prepare(batch, self._generator(self.tcfg.seed * 1_000_003 + k))
+
+    def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        B, r = self.tcfg.batch_size, self.dist.rank
+        return {n: t[r * B:(r + 1) * B] for n, t in batch.items()}
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        self.step_model.train()
+        counts: dict[str, torch.Tensor] = {}
+        accum = self.tcfg.grad_accum
+        for micro in range(accum):
+            full = self._global_batch(step * accum + micro)
+            sync = micro == accum - 1 or self.dist.world_size == 1
+            with (contextlib.nullcontext() if sync else self.step_model.no_sync()), self.autocast():
+                loss, c = self.task.loss(self.step_model, self._local(full), full)
+            # DDP averages gradients over processes; losses are already shares of the global batch.
+            (loss * self.dist.world_size / accum).backward()
+            for n, v in c.items():
+                counts[n] = counts[n] + v if n in counts else v
+        if self.tcfg.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counts
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics over the first ``eval_batches`` global batches of the validation data (fixed masks)."""
+        data = self.task.val_data
+        self.step_model.eval()
+        counts: dict[str, torch.Tensor] = {}
+        n_batches = min(self.tcfg.eval_batches, math.ceil(len(data) / self.micro_batch))
+        for i in range(n_batches):
+            idx = np.arange(i * self.micro_batch, min(len(data), (i + 1) * self.micro_batch))
+            full = {n: t.to(self.dist.device) for n, t in data.batch(idx).items()}
+            full = self.task.prepare(full, self._generator(2**31 + i))
+            local = {n: t[self.dist.rank::self.dist.world_size] for n, t in full.items()}
+            with self.autocast():
+                _, c = self.task.loss(self.model, local, full)
+            for n, v in c.items():
+                counts[n] = counts[n] + v if n in counts else v
+        return self.task.metrics(distributed.all_reduce_sums(counts))
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to ``max_steps`` (or ``max_minutes``); returns the last train and validation metrics."""
+        tcfg, is_main = self.tcfg, self.dist.is_main
+        start_step, elapsed_before = 0, 0.0
+        if resume and (ckpt := latest_checkpoint(self.run_dir)) is not None:
+            state = load_checkpoint(ckpt, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start_step, elapsed_before = state["step"], state["elapsed"]
+        log = MetricsLog(self.run_dir / "metrics.jsonl", start_step if resume else None,
+                         start_wandb(self.cfg, self.run_dir)) if is_main else None
+        bar = tqdm(total=tcfg.max_steps, initial=start_step, disable=not (is_main and tcfg.progress),
+                   dynamic_ncols=True, desc="train")
+        t_start = t_log = time.perf_counter()
+        window: dict[str, torch.Tensor] = {}
+        train_metrics: dict = {}
+        val_metrics: dict = {}
+        step = start_step
+        while step < tcfg.max_steps:
+            for n, v in self.train_step(step).items():
+                window[n] = window[n] + v if n in window else v
+            step += 1
+            bar.update(1)
+            last = step == tcfg.max_steps
+            if step % tcfg.log_every == 0 or last:
+                sums = distributed.all_reduce_sums(window)
+                now = time.perf_counter()
+                train_metrics = self.task.metrics(sums)
+                train_metrics.update(lr=self.scheduler.get_last_lr()[0],
+                                     tokens_per_s=sums.get("tokens", 0.0) / (now - t_log))
+                window, t_log = {}, now
+                if is_main:
+                    log.write({"step": step, "split": "train", **train_metrics,
+                               "elapsed_s": elapsed_before + now - t_start})
+                    bar.set_postfix(loss=f"{train_metrics['loss']:.3f}",
+                                    tok_s=f"{train_metrics['tokens_per_s']:.0f}")
+                if tcfg.max_minutes is not None:
+                    out_of_time = (elapsed_before + now - t_start) / 60 >= tcfg.max_minutes
+                    last = last or distributed.broadcast_flag(out_of_time, self.dist.device)
+            if step % tcfg.eval_every == 0 or last:
+                val_metrics = self.evaluate()
+                if is_main:
+                    log.write({"step": step, "split": "val", **val_metrics})
+                    bar.write(f"step {step} | val " + " | ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+            if step % tcfg.save_every == 0 or last:
+                if is_main:
+                    state = {"step": step, "optimizer": self.optimizer.state_dict(),
+                             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                             "elapsed": elapsed_before + time.perf_counter() - t_start}
+                    save_checkpoint(self.run_dir, step, self.model, self.cfg, state, tcfg.keep_last)
+                distributed.barrier()
+            if last:
+                break
+        bar.close()
+        if log is not None and log.wandb_run is not None:
+            log.wandb_run.finish()
+        return {"step": step, "train": train_metrics, "val": val_metrics}
