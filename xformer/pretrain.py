@@ -53,14 +53,19 @@ def initial_model(cfg: RunConfig, vocab_size: int) -> BertForPreTraining:
         elif mcfg.vocab_size < vocab_size:
             raise XformerError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
         return BertForPreTraining(mcfg)
-    from xformer.loading import load
+    if mcfg.init.startswith("hf:"):
+        from xformer.interop import load_hf_bert
 
-    source = load(mcfg.init)
+        source = load_hf_bert(mcfg.init[3:], heads=True)  # missing heads keep their fresh init
+    else:
+        from xformer.loading import load
+
+        source = load(mcfg.init)
     keep = {k: getattr(mcfg, k) for k in ("dropout", "attn_dropout", "attn_backend", "init")}
     arch = {k: v for k, v in source.config.model_dump().items() if k not in keep}
     cfg.model = BertConfig(**arch, **keep)
     model = BertForPreTraining(cfg.model)
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    unexpected = model.load_state_dict(source.state_dict(), strict=False).unexpected_keys
     if unexpected:
         raise XformerError(f"model.init={mcfg.init}: unexpected weights {unexpected[:3]}")
     return model
@@ -101,7 +106,6 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
         model = initial_model(cfg, len(data.tokenizer))
         masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
                            random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
-        masker = masker.to(dist.device) if hasattr(masker, "to") else masker
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")

@@ -28,8 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xformer import distributed
-from xformer.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, rng_state,
-                                save_checkpoint, set_rng_state)
+from xformer.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
 

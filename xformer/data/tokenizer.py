@@ -16,7 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 from xformer.config import TokenizerConfig
@@ -81,7 +89,8 @@ def _load(path: str | Path, what: str) -> PreTrainedTokenizerFast:
         ) from None
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise XformerError(f"{what} {str(path)!r}: {type(tokenizer).__name__} is not a fast (Rust) tokenizer")
-    missing = [name for name in ("cls_token", "sep_token", "pad_token", "mask_token") if getattr(tokenizer, name) is None]
+    needed = ("cls_token", "sep_token", "pad_token", "mask_token")
+    missing = [name for name in needed if getattr(tokenizer, name) is None]
     if missing:
         raise XformerError(f"{what} {str(path)!r}: BERT pretraining needs a tokenizer with {', '.join(missing)}")
     return tokenizer

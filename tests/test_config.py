@@ -1,0 +1,55 @@
+import pytest
+
+from xformer.config import RunConfig, load_recipe, parse_override
+from xformer.errors import XformerError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_then_recipe_then_overrides(tmp_path):
+    path = write(tmp_path, "model:\n  dim: 256\ntrain:\n  lr: 0.001\n")
+    cfg = load_recipe(path, ["train.lr=3e-4", "model.depth=3", "data.source=[a.parquet, b.parquet]"])
+    assert (cfg.model.dim, cfg.model.depth, cfg.model.num_heads) == (256, 3, 12)
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.source == ["a.parquet", "b.parquet"]
+    assert cfg.out_dir == "runs/r"
+
+
+def test_unknown_key_names_key_and_close_matches(tmp_path):
+    path = write(tmp_path, "train:\n  max_step: 10\n")
+    with pytest.raises(XformerError, match=r"unknown key 'train.max_step'; did you mean train.max_steps"):
+        load_recipe(path)
+    with pytest.raises(XformerError, match=r"unknown key 'model.num_head'.*model.num_heads"):
+        load_recipe(None, ["model.num_head=4"])
+    with pytest.raises(XformerError, match=r"unknown key 'trian'.*train"):
+        load_recipe(None, ["trian.lr=1"])
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: many\n")
+    with pytest.raises(XformerError, match=r"train.batch_size: .*'many'"):
+        load_recipe(path)
+    with pytest.raises(XformerError, match=r"model.attn_backend"):
+        load_recipe(None, ["model.attn_backend=cuda"])
+
+
+def test_bad_files_and_syntax(tmp_path):
+    with pytest.raises(XformerError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(XformerError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(XformerError, match="key=value"):
+        parse_override("train.lr")
+
+
+def test_every_recipe_is_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        assert isinstance(load_recipe(path), RunConfig)

@@ -1,0 +1,189 @@
+"""BERT pretraining examples: NSP rate and provenance, format, cache, tokenizer round trip."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import xformer.data.pretraining as pretraining
+import xformer.data.tokenizer as tokenizer_module
+from xformer.config import DataConfig, TokenizerConfig
+from xformer.data import PretrainingData, prepare_pretraining_data, split_sentences
+from xformer.data.pretraining import _trim_counts
+from xformer.errors import XformerError
+
+WIKI = Path(__file__).parents[1] / "../shared/data/wiki"
+WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud".split()
+
+
+def synthetic_documents(n_docs: int = 80, n_sentences: int = 150, seed: int = 0) -> list[str]:
+    """Documents of distinct sentences ("Doc 3 line 17 ..."), a few per line."""
+    rng = random.Random(seed)
+    docs = []
+    for d in range(n_docs):
+        sentences = [
+            f"Doc {d} line {s} " + " ".join(rng.choices(WORDS, k=rng.randint(2, 10))) + "."
+            for s in range(n_sentences)
+        ]
+        docs.append("\n".join(" ".join(sentences[i : i + 4]) for i in range(0, n_sentences, 4)))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.parquet"
+    pq.write_table(pa.table({"text": synthetic_documents()}), path)
+    return path
+
+
+def config(source: Path, **kw) -> DataConfig:
+    defaults = dict(source=str(source), max_seq_len=128, val_documents=8, dupe_factor=5,
+                    tokenizer=TokenizerConfig(vocab_size=200))
+    return DataConfig(**{**defaults, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus_file, tmp_path_factory) -> tuple[DataConfig, Path, PretrainingData]:
+    cfg, cache = config(corpus_file), tmp_path_factory.mktemp("cache")
+    return cfg, cache, prepare_pretraining_data(cfg, cache)
+
+
+def token_text(ids) -> str:
+    return " " + " ".join(map(str, ids)) + " "
+
+
+def test_nsp_labels_and_provenance(prepared):
+    cfg, _, data = prepared
+    train = data.train
+    labels, doc, b_doc = np.asarray(train.nsp_labels), np.asarray(train.doc_ids), np.asarray(train.b_doc_ids)
+    assert len(train) > 5000
+    assert abs(labels.mean() - 0.5) < 0.02
+    assert np.array_equal(labels == 1, b_doc != doc)  # random B always from another document
+    # A and B really are runs of tokens of the documents they claim to come from
+    docs = synthetic_documents()
+    tok = data.tokenizer
+    streams = {}
+    for i in np.random.default_rng(0).choice(len(train), 300, replace=False):
+        ids = train.input_ids[train.offsets[i] : train.offsets[i + 1]].tolist()
+        a, b = ids[1 : train.a_lengths[i] - 1], ids[train.a_lengths[i] : -1]
+        for segment, d in ((a, doc[i]), (b, b_doc[i])):
+            if d not in streams:
+                sentence_ids = tok(split_sentences(docs[d]), add_special_tokens=False)["input_ids"]
+                streams[d] = token_text([t for sentence in sentence_ids for t in sentence])
+            assert token_text(segment) in streams[d]
+
+
+def test_example_format(prepared):
+    cfg, _, data = prepared
+    tok, train = data.tokenizer, data.train
+    lengths = np.diff(train.offsets)
+    assert lengths.max() <= cfg.max_seq_len and (train.a_lengths >= 3).all() and (lengths - train.a_lengths >= 2).all()
+    ids = np.asarray(train.input_ids)
+    assert ids.dtype == np.uint16
+    assert (ids[train.offsets[:-1]] == tok.cls_token_id).all()
+    assert (ids[train.offsets[:-1] + train.a_lengths - 1] == tok.sep_token_id).all()
+    assert (ids[train.offsets[1:] - 1] == tok.sep_token_id).all()
+    assert (ids == tok.cls_token_id).sum() == len(train) and (ids == tok.sep_token_id).sum() == 2 * len(train)
+
+    idx = np.arange(0, 40, 3)
+    batch = train.batch(idx)
+    B, T = batch["input_ids"].shape
+    assert B == len(idx) and T % 8 == 0 and T <= cfg.max_seq_len and T - 8 < lengths[idx].max() <= T
+    for row, i in enumerate(idx):
+        n, n_a = lengths[i], train.a_lengths[i]
+        assert batch["input_ids"][row, :n].tolist() == ids[train.offsets[i] : train.offsets[i + 1]].tolist()
+        assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (T - n)
+        assert batch["token_type_ids"][row].tolist() == [0] * n_a + [1] * (n - n_a) + [0] * (T - n)
+    assert batch["next_sentence_label"].tolist() == train.nsp_labels[idx].tolist()
+    assert all(t.dtype == torch.int64 for t in batch.values())
+
+
+def test_validation_documents_are_held_out(prepared):
+    cfg, _, data = prepared
+    val_docs = set(data.val.doc_ids.tolist()) | set(data.val.b_doc_ids.tolist())
+    train_docs = set(data.train.doc_ids.tolist()) | set(data.train.b_doc_ids.tolist())
+    assert len(data.val) > 0 and len(set(data.val.doc_ids.tolist())) == cfg.val_documents
+    assert not val_docs & train_docs and len(train_docs) == 80 - cfg.val_documents
+
+
+def test_cache_hit_reads_and_tokenizes_nothing(prepared, monkeypatch):
+    cfg, cache, data = prepared
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cache hit must not read, tokenize or train")
+
+    for module, name in [(pretraining, "read_documents"), (pretraining, "tokenize_documents"),
+                         (tokenizer_module, "train_wordpiece")]:
+        monkeypatch.setattr(module, name, forbidden)
+    again = prepare_pretraining_data(cfg, cache)
+    assert again.cache_path == data.cache_path
+    assert np.array_equal(again.train.input_ids, data.train.input_ids)
+    assert isinstance(again.train.input_ids, np.memmap)
+
+
+def test_examples_are_deterministic_and_settings_change_the_key(prepared, tmp_path):
+    cfg, cache, data = prepared
+    other_cache = tmp_path / "cache"
+    (other_cache / "tokenizers").mkdir(parents=True)
+    for path in (cache / "tokenizers").iterdir():  # share the tokenizer, rebuild the examples
+        (other_cache / "tokenizers" / path.name).symlink_to(path)
+    again = prepare_pretraining_data(cfg, other_cache)
+    assert again.cache_path.name == data.cache_path.name
+    for name in ("input_ids", "offsets", "a_lengths", "nsp_labels", "doc_ids", "b_doc_ids"):
+        assert np.array_equal(getattr(again.train, name), getattr(data.train, name)), name
+    changed = prepare_pretraining_data(cfg.model_copy(update={"seed": 1, "val_documents": 0}), other_cache)
+    assert changed.cache_path != again.cache_path and len(changed.val) == 0
+
+
+def test_trained_tokenizer_round_trips(prepared, tmp_path):
+    _, _, data = prepared
+    tok = data.tokenizer
+    assert tok.pad_token_id == 0
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.get_vocab() == tok.get_vocab()
+    pair = loaded("Doc 1 line 2 Alpha beta.", "Omega river!")
+    assert pair["input_ids"] == tok("Doc 1 line 2 Alpha beta.", "Omega river!")["input_ids"]
+    assert loaded.convert_ids_to_tokens(pair["input_ids"])[:2] == ["[CLS]", "doc"]  # lower-cased
+    assert pair["token_type_ids"][-1] == 1 and pair["input_ids"][-1] == loaded.sep_token_id
+
+
+def test_trim_counts_match_bert_token_by_token_truncation():
+    for len_a in range(1, 12):
+        for len_b in range(1, 12):
+            for target in range(2, 24):
+                a, b = len_a, len_b
+                while a + b > target:  # BERT's truncate_seq_pair: shorten the longer one (B on a tie)
+                    if a > b:
+                        a -= 1
+                    else:
+                        b -= 1
+                assert _trim_counts(len_a, len_b, target) == (len_a - a, len_b - b)
+
+
+def test_errors(tmp_path, corpus_file):
+    with pytest.raises(XformerError, match="data.source is required"):
+        prepare_pretraining_data(DataConfig(), tmp_path)
+    with pytest.raises(XformerError, match="val_documents=80 leaves no training documents"):
+        prepare_pretraining_data(config(corpus_file, val_documents=80), tmp_path)
+    with pytest.raises(XformerError, match="could not load the tokenizer.*local directory"):
+        prepare_pretraining_data(config(corpus_file, tokenizer=TokenizerConfig(path=str(tmp_path / "nope"))), tmp_path)
+
+
+@pytest.mark.skipif(not WIKI.is_dir(), reason=f"real data not found at {WIKI}")
+def test_real_wiki_slice(tmp_path):
+    cfg = DataConfig(source=str(WIKI / "train-00000-of-00008.parquet"), max_documents=40, val_documents=4,
+                     max_seq_len=128, tokenizer=TokenizerConfig(vocab_size=2000))
+    data = prepare_pretraining_data(cfg, tmp_path)
+    train = data.train
+    assert len(train) > 500 and np.diff(train.offsets).max() <= 128
+    assert np.array_equal(train.nsp_labels == 1, train.b_doc_ids != train.doc_ids)
+    batch = train.batch(np.arange(16))
+    assert batch["input_ids"].shape[1] == 128 and (batch["input_ids"][:, 0] == data.tokenizer.cls_token_id).all()

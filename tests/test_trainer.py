@@ -1,0 +1,100 @@
+"""Training end to end on a synthetic corpus: loss falls, exact resume, DDP equivalence."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from xformer.checkpoint import list_checkpoints
+from xformer.config import TrainConfig
+from xformer.pretrain import pretrain
+from xformer.trainer import Trainer, lr_lambda
+
+
+def train_losses(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["split"] == "train"}
+
+
+def test_loss_falls_and_run_dir_is_complete(tiny_config, tmp_path):
+    cfg = tiny_config("train.max_steps=60", "train.eval_every=30", "train.save_every=30", "train.keep_last=1")
+    result = pretrain(cfg)
+    run = tmp_path / "run"
+    losses = train_losses(run)
+    first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(56, 61)) / 5
+    assert last < first - 0.5, (first, last)
+    assert result["val"]["mlm_acc"] > 0.05 and result["step"] == 60
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000060"]  # keep_last=1 pruned step 30
+    ckpt = run / "checkpoints" / "step_0000060"
+    assert {"model.safetensors", "config.yaml", "train_state.pt"} <= {p.name for p in ckpt.iterdir()}
+    state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    assert state["step"] == 60
+    assert (run / "config.yaml").is_file() and (run / "tokenizer" / "tokenizer.json").is_file()
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in vals if r["split"] == "val"] == [30, 60]
+
+
+def test_resume_reproduces_straight_run(tiny_config, tmp_path, monkeypatch):
+    pretrain(tiny_config("train.max_steps=40", f"out_dir={tmp_path / 'a'}"))
+    interrupted = tiny_config("train.max_steps=40", "train.save_every=20", f"out_dir={tmp_path / 'b'}")
+    real_step = Trainer.train_step
+
+    def crash_at_21(self, step):
+        if step == 20:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_21)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(interrupted)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_0000020"]
+    pretrain(tiny_config("train.max_steps=40", "train.save_every=20", f"out_dir={tmp_path / 'b'}"), resume=True)
+    a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 41))
+    assert [a[s] for s in range(1, 41)] == [b[s] for s in range(1, 41)]
+
+
+def test_refuses_to_overwrite_a_run(tiny_config):
+    from xformer.errors import XformerError
+
+    pretrain(tiny_config("train.max_steps=2"))
+    with pytest.raises(XformerError, match="--resume"):
+        pretrain(tiny_config("train.max_steps=2"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_worker(rank, world, port, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    pretrain(cfg)
+
+
+def test_ddp_two_processes_match_one_with_double_batch(tiny_config, tmp_path):
+    # Dropout off: each process draws its own dropout masks, which is not what this test is about.
+    common = ["train.max_steps=6", "model.dropout=0", "model.attn_dropout=0"]
+    single = tiny_config(*common, "train.batch_size=8", f"out_dir={tmp_path / 'one'}")
+    double = tiny_config(*common, "train.batch_size=4", f"out_dir={tmp_path / 'two'}")
+    pretrain(single)
+    mp.start_processes(ddp_worker, args=(2, free_port(), double), nprocs=2, join=True, start_method="spawn")
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for s in one:
+        assert abs(one[s] - two[s]) < 1e-5, (s, one[s], two[s])
+
+
+def test_schedule_warmup_then_decay():
+    f = lr_lambda(TrainConfig(max_steps=100, warmup_steps=10, schedule="linear"))
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    g = lr_lambda(TrainConfig(max_steps=100, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1))
+    assert g(0) == pytest.approx(1.0) and g(50) == pytest.approx(0.55) and g(100) == pytest.approx(0.1)

@@ -1,0 +1,340 @@
+"""Convert BERT between xformer and Hugging Face transformers: configs, state dicts, load and export.
+
+Our layout differs from HF's in names and in one shape: the query, key and value projections are
+fused into one ``attn.qkv`` linear (rows ``[q; k; v]``). HF checkpoints come as ``BertModel`` (keys
+without the ``bert.`` prefix), ``BertForMaskedLM`` or ``BertForPreTraining`` (with ``cls.*`` heads);
+all are normalised to ``BertForPreTraining`` names before conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from xformer.config import BertConfig
+from xformer.errors import XformerError
+from xformer.models.bert import BertForPreTraining, BertModel
+
+logger = logging.getLogger(__name__)
+
+# HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation.
+_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+
+# Keys HF ties to others; export_bert leaves them out of model.safetensors, as save_pretrained does.
+_TIED_HF_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+# Non-persistent buffers that some older checkpoints saved.
+_HF_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
+    """Our :class:`BertConfig` for an HF BERT config; XformerError for settings we cannot reproduce."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type != "bert":
+        raise XformerError(f"expected an HF BERT config (model_type 'bert'), got model_type {model_type!r}")
+    position_type = getattr(hf_config, "position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise XformerError(f"HF BERT position_embedding_type={position_type!r} is not supported (only 'absolute')")
+    if hf_config.is_decoder or getattr(hf_config, "add_cross_attention", False):
+        raise XformerError("HF BERT configured as a decoder (is_decoder / add_cross_attention) is not supported")
+    act = hf_config.hidden_act
+    if not isinstance(act, str) or act not in _ACT_FROM_HF:
+        raise XformerError(f"HF BERT hidden_act={act!r} is not supported; expected one of {', '.join(_ACT_FROM_HF)}")
+    return BertConfig(
+        dim=hf_config.hidden_size,
+        depth=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
+        dropout=hf_config.hidden_dropout_prob,
+        attn_dropout=hf_config.attention_probs_dropout_prob,
+        norm_first=False,
+        norm_eps=hf_config.layer_norm_eps,
+        qkv_bias=True,
+        act=_ACT_FROM_HF[act],
+        vocab_size=hf_config.vocab_size,
+        max_position=hf_config.max_position_embeddings,
+        type_vocab_size=hf_config.type_vocab_size,
+        pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
+        init_std=hf_config.initializer_range,
+    )
+
+
+def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
+    """The HF ``BertConfig`` (architecture ``BertForPreTraining``) for our config.
+
+    Raises XformerError for pre-LN models (HF BERT is post-LN only) and an unset vocabulary size.
+    """
+    if cfg.norm_first:
+        raise XformerError("a pre-LN BERT (model.norm_first=true) has no HF transformers equivalent")
+    if cfg.vocab_size is None:
+        raise XformerError("model.vocab_size must be set to convert the config to HF")
+    return transformers.BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_dim,
+        hidden_act=_ACT_TO_HF[cfg.act],
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attn_dropout,
+        max_position_embeddings=cfg.max_position,
+        type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.init_std,
+        layer_norm_eps=cfg.norm_eps,
+        pad_token_id=cfg.pad_token_id,
+        architectures=["BertForPreTraining"],
+    )
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _params(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
+    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
+
+
+def _encoder_keys(cfg: BertConfig) -> list[tuple[str, str]]:
+    """(our key, HF key) for embeddings and blocks, except the fused q/k/v; every one is required."""
+    keys = (
+        _params("bert.embeddings.word", "bert.embeddings.word_embeddings", ("weight",))
+        + _params("bert.embeddings.position", "bert.embeddings.position_embeddings", ("weight",))
+        + _params("bert.embeddings.token_type", "bert.embeddings.token_type_embeddings", ("weight",))
+        + _params("bert.embeddings.norm", "bert.embeddings.LayerNorm")
+    )
+    for i in range(cfg.depth):
+        ours, hf = f"bert.encoder.blocks.{i}", f"bert.encoder.layer.{i}"
+        keys += (
+            _params(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
+            + _params(f"{ours}.norm1", f"{hf}.attention.output.LayerNorm")
+            + _params(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
+            + _params(f"{ours}.mlp.fc2", f"{hf}.output.dense")
+            + _params(f"{ours}.norm2", f"{hf}.output.LayerNorm")
+        )
+    return keys
+
+
+# (our key, HF key) for the pooler and heads, which a checkpoint may lack; the MLM decoder is separate.
+_HEAD_KEYS = (
+    _params("bert.pooler", "bert.pooler.dense")
+    + _params("mlm.dense", "cls.predictions.transform.dense")
+    + _params("mlm.norm", "cls.predictions.transform.LayerNorm")
+    + _params("nsp", "cls.seq_relationship")
+)
+
+
+def _qkv_keys(i: int, param: str) -> tuple[str, list[str]]:
+    hf = f"bert.encoder.layer.{i}.attention.self"
+    return f"bert.encoder.blocks.{i}.attn.qkv.{param}", [f"{hf}.{n}.{param}" for n in ("query", "key", "value")]
+
+
+def _normalise_hf_key(key: str) -> str:
+    """An HF key in ``BertForPreTraining`` naming: ``bert.`` prefix added, legacy gamma/beta renamed."""
+    if key.startswith(("embeddings.", "encoder.", "pooler.")):
+        key = "bert." + key
+    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """Convert an HF BERT state dict (BertModel, BertForMaskedLM or BertForPreTraining) to our keys.
+
+    The result uses :class:`BertForPreTraining` keys and holds only what the checkpoint has: the
+    embeddings and encoder are required (XformerError naming the first missing keys otherwise); the
+    pooler, MLM head and NSP head are converted when present. The caller reports which of its keys
+    are absent (see :func:`load_hf_bert`). Checkpoint tensors that BERT does not use are logged.
+    """
+    src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
+    used = set(_HF_BUFFERS)
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+
+    def take(ours: str, hf: str, required: bool) -> None:
+        if hf in src:
+            out[ours] = src[hf]
+            used.add(hf)
+        elif required:
+            missing.append(hf)
+
+    for ours, hf in _encoder_keys(cfg):
+        take(ours, hf, required=True)
+    for i in range(cfg.depth):
+        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            ours, parts = _qkv_keys(i, param)
+            missing += [p for p in parts if p not in src]
+            if all(p in src for p in parts):
+                out[ours] = torch.cat([src[p] for p in parts])
+                used.update(parts)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise XformerError(f"not a BERT checkpoint for this config: it lacks {', '.join(missing[:3])}{more}")
+
+    for ours, hf in _HEAD_KEYS:
+        take(ours, hf, required=False)
+    for hf in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        take("mlm.decoder.bias", hf, required=False)
+    if any(k.startswith("mlm.") for k in out):
+        word = out["bert.embeddings.word.weight"]
+        decoder = src.get("cls.predictions.decoder.weight")
+        if decoder is not None and not torch.equal(decoder, word):
+            raise XformerError("the checkpoint's MLM decoder is not tied to the word embeddings; xformer ties them")
+        used.add("cls.predictions.decoder.weight")
+        out["mlm.decoder.weight"] = word
+
+    ignored = sorted(set(src) - used)
+    if ignored:
+        logger.warning("ignoring %d checkpoint tensors that BERT pretraining does not use: %s",
+                       len(ignored), ", ".join(ignored))
+    return out
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """Convert our :class:`BertForPreTraining` state dict to HF ``BertForPreTraining`` keys.
+
+    The result loads strictly into ``transformers.BertForPreTraining``: ``cls.predictions.decoder.weight``
+    is the word embedding tensor and ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``, as HF
+    ties them. Without ``qkv_bias`` the query/key/value biases are zeros (the same function).
+    """
+    out = {hf: state[ours] for ours, hf in _encoder_keys(cfg) + _HEAD_KEYS}
+    for i in range(cfg.depth):
+        weight_key, weight_parts = _qkv_keys(i, "weight")
+        bias_key, bias_parts = _qkv_keys(i, "bias")
+        weight = state[weight_key]
+        bias = state[bias_key] if bias_key in state else weight.new_zeros(3 * cfg.dim)
+        # clones own their storage: safetensors refuses tensors that share it
+        out.update(zip(weight_parts, [t.clone() for t in weight.chunk(3)]))
+        out.update(zip(bias_parts, [t.clone() for t in bias.chunk(3)]))
+    out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
+    out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"] = state["mlm.decoder.bias"]
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def transformer_dir(folder: Path) -> Path:
+    """The HF model directory inside ``folder``: the folder itself, or for a sentence-transformers
+    folder (one with ``modules.json``) the path of its Transformer module."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return folder
+    modules = json.loads(modules_file.read_text())
+    for module in modules:
+        if module.get("type", "").endswith("models.Transformer"):
+            return folder / module.get("path", "")
+    raise XformerError(f"{modules_file}: no sentence_transformers Transformer module listed")
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    """Download a hub repo's configs, vocabularies and weights (safetensors, else .bin) to the HF cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        if not any(folder.rglob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*pytorch_model.bin"]))
+    except HFValidationError:
+        raise XformerError(f"{repo_id}: no such directory (and not a valid Hugging Face hub id)") from None
+    except RepositoryNotFoundError:
+        raise XformerError(f"{repo_id!r}: no such local directory, and no accessible model of that id on the "
+                           "Hugging Face hub") from None
+    except Exception as err:  # offline mode, network or HTTP errors: all mean we cannot get it
+        raise XformerError(f"{repo_id!r} is not a local directory and the Hugging Face hub is unreachable "
+                           f"({type(err).__name__}); pass a local directory") from None
+    return folder
+
+
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            if name.endswith(".safetensors"):
+                return load_file(path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise XformerError(f"{model_dir}: no weights found; expected {' or '.join(WEIGHT_FILES)}")
+
+
+def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
+    """Load an HF BERT checkpoint as our model, in eval mode.
+
+    ``path_or_id`` is a local HF directory (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), a sentence-transformers folder, or a hub id (fetched through
+    huggingface_hub). Returns :class:`BertForPreTraining` when the checkpoint has an MLM or NSP head,
+    or when ``heads=True`` (heads the checkpoint lacks keep their fresh initialisation, and are
+    logged); otherwise, or when ``heads=False``, :class:`BertModel`.
+    """
+    folder = Path(path_or_id)
+    if not folder.exists():
+        folder = _fetch_from_hub(str(path_or_id))
+    if not folder.is_dir():
+        raise XformerError(f"{folder}: expected an HF BERT directory (config.json + weights)")
+    model_dir = transformer_dir(folder)
+    if not (model_dir / "config.json").is_file():
+        raise XformerError(f"{model_dir}: no config.json; expected an HF BERT directory")
+    cfg = config_from_hf(transformers.AutoConfig.from_pretrained(model_dir))
+    cfg.attn_backend = attn_backend
+    state = state_dict_from_hf(_read_weights(model_dir), cfg)
+
+    has_heads = any(k.startswith(("mlm.", "nsp.")) for k in state)
+    if has_heads if heads is None else heads:
+        model: nn.Module = BertForPreTraining(cfg)
+    else:
+        model = BertModel(cfg)
+        state = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected  # state_dict_from_hf only produces our keys
+    absent = sorted({k.rsplit(".", 1)[0] for k in missing if k != "mlm.decoder.weight"})  # decoder: tied
+    if absent:
+        logger.warning("%s: not in the checkpoint, keeping their initialisation: %s", path_or_id, ", ".join(absent))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_bert(model: BertForPreTraining, out_dir: str | Path,
+                tokenizer: transformers.PreTrainedTokenizerBase | None = None) -> Path:
+    """Write ``model`` (and ``tokenizer``) as an HF ``BertForPreTraining`` directory; returns its path.
+
+    The directory loads with ``transformers.BertForPreTraining.from_pretrained`` (and
+    ``AutoTokenizer.from_pretrained`` when a tokenizer is given). It is written to a temporary
+    directory next to ``out_dir`` and renamed into place, so it is never seen half-written. Raises
+    XformerError when ``out_dir`` exists and is not an empty directory.
+    """
+    if not isinstance(model, BertForPreTraining):
+        raise XformerError(f"export_bert expects an xformer BertForPreTraining, got {type(model).__name__}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
+    hf_config = config_to_hf(model.config)
+    state = state_dict_to_hf(model.state_dict(), model.config)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in _TIED_HF_KEYS}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        hf_config.save_pretrained(tmp)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
