@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import save_model
 
 import xformer
-from xformer.config import BertConfig, RunConfig, save_config
+from xformer.config import BertConfig, BertPretrainingConfig, save_config
 from xformer.errors import XformerError
 from xformer.interop import (
     config_from_hf,
@@ -290,7 +290,7 @@ def test_all_minilm_l6_v2_matches_sentence_transformers():
 
 
 def test_load_run_and_checkpoint_dirs(tmp_path):
-    cfg = RunConfig(model=BertConfig(vocab_size=len(VOCAB), dim=16, depth=1, num_heads=2, max_position=32))
+    cfg = BertPretrainingConfig(model=BertConfig(vocab_size=len(VOCAB), dim=16, depth=1, num_heads=2, max_position=32))
     run = tmp_path / "run"
     models = {}
     for step in (10, 20):

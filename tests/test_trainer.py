@@ -93,8 +93,8 @@ def test_ddp_two_processes_match_one_with_double_batch(tiny_config, tmp_path):
 
 
 def test_schedule_warmup_then_decay():
-    f = lr_lambda(TrainConfig(max_steps=100, warmup_steps=10, schedule="linear"))
+    f = lr_lambda(TrainConfig(warmup_steps=10, schedule="linear"), 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
-    g = lr_lambda(TrainConfig(max_steps=100, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1))
+    g = lr_lambda(TrainConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.1), 100)
     assert g(0) == pytest.approx(1.0) and g(50) == pytest.approx(0.55) and g(100) == pytest.approx(0.1)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from xformer.errors import XformerError
 
@@ -58,6 +59,59 @@ class BertConfig(EncoderConfig):
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
 
 
+class ViTConfig(EncoderConfig):
+    """Vision transformer: patch embedding + [CLS] + learned positions + pre-LN encoder + head."""
+
+    arch: Literal["vit"] = "vit"
+    image_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    in_channels: int = Field(3, gt=0)
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    pool: Literal["cls", "mean"] = "cls"
+    norm_first: bool = True
+    norm_eps: float = 1e-6
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+    init_std: float = 0.02
+    init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
+
+
+class CNNConfig(Section):
+    """The small CNN baseline: 3 blocks of (conv, ReLU, BatchNorm) x convs_per_block, max-pool, dropout;
+    then 2 fully connected layers."""
+
+    arch: Literal["cnn"] = "cnn"
+    channels: tuple[int, int, int] = (32, 64, 128)
+    convs_per_block: int = Field(2, gt=0)
+    batch_norm: bool = True
+    dropout: float = Field(0.2, ge=0, lt=1)
+    hidden: int = Field(128, gt=0)
+    fc_dropout: float = Field(0.5, ge=0, lt=1)
+    image_size: int = Field(32, gt=0)
+    in_channels: int = Field(3, gt=0)
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    init: str | None = None
+
+
+class HFImageConfig(Section):
+    """Any HF image classifier (e.g. ResNetForImageClassification), loaded from ``init`` with a new head."""
+
+    arch: Literal["hf_image"] = "hf_image"
+    init: str = Field(..., description="hf:<dir or hub id>")
+    image_size: int = Field(224, gt=0)
+    num_classes: int | None = Field(None, gt=0)
+
+
+def _arch_tag(value: Any) -> str:
+    return value.get("arch", "vit") if isinstance(value, dict) else getattr(value, "arch", "vit")
+
+
+ImageModelConfig = Annotated[
+    Union[Annotated[ViTConfig, Tag("vit")], Annotated[CNNConfig, Tag("cnn")], Annotated[HFImageConfig, Tag("hf_image")]],
+    Discriminator(_arch_tag),
+]
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -91,6 +145,49 @@ class DataConfig(Section):
     seed: int = 0
 
 
+class ImageDataConfig(Section):
+    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+
+    source: str | list[str] | None = Field(None, description="HF dataset name, Parquet files/globs, or a folder")
+    split: str = "train"
+    image_column: str | None = Field(None, description="None: auto-detect (img, image, ...)")
+    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    val_source: str | list[str] | None = Field(None, description="None: carve val_size images from source")
+    val_split: str | None = None
+    val_size: int = Field(5000, ge=0)
+    test_source: str | list[str] | None = None
+    test_split: str | None = None
+    image_size: int | None = Field(None, gt=0, description="resize to this (square); None: keep (all equal)")
+    max_images: int | None = Field(None, gt=0)
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    cache_dir: str | None = None
+    seed: int = 0
+
+
+class AugmentConfig(Section):
+    """Training-time augmentation, on tensors, on the training device."""
+
+    crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels; 0: off")
+    hflip: bool = True
+    policy: Literal["none", "trivial", "randaugment"] = "none"
+    randaugment_ops: int = Field(2, gt=0)
+    magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(1.0, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class FinetuneConfig(Section):
+    """What to train when starting from a checkpoint."""
+
+    freeze: Literal["none", "backbone", "all_but_last"] = "none"
+    unfreeze_last: int = Field(0, ge=0, description="with freeze=all_but_last: blocks left trainable")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay factor")
+    head_lr_scale: float = Field(1.0, gt=0)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -104,11 +201,14 @@ class WandbConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, logging and checkpointing: shared by every model."""
 
-    max_steps: int = Field(1000, gt=0)
+    max_steps: int = Field(1000, gt=0, description="ignored when epochs is set")
+    epochs: float | None = Field(None, gt=0, description="train for this many passes over the data")
     max_minutes: float | None = Field(None, gt=0, description="stop early after this wall time")
     batch_size: int = Field(32, gt=0, description="per process, per micro-step")
     grad_accum: int = Field(1, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
@@ -121,21 +221,47 @@ class TrainConfig(Section):
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(10, gt=0)
-    eval_every: int = Field(500, gt=0)
-    eval_batches: int = Field(50, gt=0)
-    save_every: int = Field(1000, gt=0)
+    eval_every: int | Literal["epoch"] = 500
+    eval_batches: int | None = Field(50, gt=0, description="None: the whole validation set")
+    save_every: int | Literal["epoch"] = 1000
     keep_last: int = Field(2, gt=0)
     progress: bool = True
     wandb: WandbConfig = WandbConfig()
 
 
 class RunConfig(Section):
-    """Everything one run needs; written resolved to ``RUN_DIR/config.yaml``."""
+    """What every run has; each task's config adds its model and data sections.
 
-    model: BertConfig = BertConfig()
-    data: DataConfig = DataConfig()
+    Written resolved to ``RUN_DIR/config.yaml``.
+    """
+
+    task: str
     train: TrainConfig = TrainConfig()
     out_dir: str | None = Field(None, description="default: runs/<recipe name>")
+
+
+class BertPretrainingConfig(RunConfig):
+    """Masked-LM + next-sentence pretraining of a BERT on a text corpus."""
+
+    task: Literal["bert_pretraining"] = "bert_pretraining"
+    model: BertConfig = BertConfig()
+    data: DataConfig = DataConfig()
+
+
+class ImageClassificationConfig(RunConfig):
+    """Image classification (ViT, CNN or an HF image model), from scratch or fine-tuned."""
+
+    task: Literal["image_classification"] = "image_classification"
+    model: ImageModelConfig = ViTConfig()
+    data: ImageDataConfig = ImageDataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
+TASKS: dict[str, type[RunConfig]] = {
+    "bert_pretraining": BertPretrainingConfig,
+    "image_classification": ImageClassificationConfig,
+}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -162,29 +288,51 @@ def _set_path(tree: dict, path: list[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys of the section at ``loc`` (a pydantic error location)."""
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
+def _section_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], tuple]:
+    """The config class of the section at ``loc`` (a pydantic error location) and the keys of ``loc``
+    without the tags pydantic adds for union members (``model.cnn.channels`` -> ``model.channels``,
+    ``train.eval_every.int`` -> ``train.eval_every``)."""
+    keys = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        keys.append(part)
+        ann = getattr(model.model_fields.get(part) if isinstance(part, str) else None, "annotation", None)
+        members = [a for a in _union_members(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(members) > 1 and parts:  # a tagged union: the next part names the member
+            tag = parts.pop(0)
+            members = [m for m in members if m.model_fields.get("arch") and m.model_fields["arch"].default == tag]
+        if len(members) != 1:
             break
-    return list(model.model_fields)
+        model = members[0]
+    return model, tuple(keys)
+
+
+def _union_members(ann) -> list:
+    if ann is None:
+        return []
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if get_origin(ann) is Annotated:
+        return _union_members(args[0])
+    if get_origin(ann) is Union or get_origin(ann) is types.UnionType:
+        return [m for a in args for m in (_union_members(a) if get_origin(a) is Annotated else [a])]
+    return [ann]
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], origin: str) -> str:
     """The first problem in ``err`` as one line naming the key, the value and what was expected."""
     e = err.errors()[0]
-    loc = tuple(e["loc"])
-    key = ".".join(str(p) for p in loc)
     if e["type"] == "extra_forbidden":
-        valid = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
-        prefix = ".".join(str(p) for p in loc[:-1])
+        section, loc = _section_at(model, tuple(e["loc"])[:-1])
+        valid = list(section.model_fields)
+        name = str(e["loc"][-1])
+        prefix = ".".join(str(p) for p in loc)
+        key = f"{prefix}.{name}" if prefix else name
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{prefix}.{c}' if prefix else c for c in close)}?" if close else ""
         return f"{origin}: unknown key {key!r}{hint} (valid keys: {', '.join(valid)})"
+    _, loc = _section_at(model, tuple(e["loc"]))
+    key = ".".join(str(p) for p in loc)
     return f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"
 
 
@@ -193,6 +341,16 @@ def validate(model: type[BaseModel], data: dict, origin: str) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         raise XformerError(format_validation_error(err, model, origin)) from None
+
+
+def parse_config(tree: dict, origin: str) -> RunConfig:
+    """Validate a config tree with the class of its ``task`` (default ``bert_pretraining``)."""
+    task = tree.get("task", "bert_pretraining")
+    if task not in TASKS:
+        close = difflib.get_close_matches(str(task), TASKS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise XformerError(f"{origin}: unknown task {task!r}{hint} (valid tasks: {', '.join(TASKS)})")
+    return validate(TASKS[task], tree, origin)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -215,11 +373,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     tree = load_yaml(path) if path is not None else {}
     origin = str(path) if path is not None else "config"
     if tree and path is not None:
-        validate(RunConfig, tree, origin)  # blame the file before the overrides
+        parse_config(tree, origin)  # blame the file before the overrides
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(tree, keys, value)
-    cfg = validate(RunConfig, tree, origin if not overrides else f"{origin} with --set")
+    cfg = parse_config(tree, origin if not overrides else f"{origin} with --set")
     if cfg.out_dir is None and path is not None:
         cfg.out_dir = str(Path("runs") / Path(path).stem)
     return cfg

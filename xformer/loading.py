@@ -11,7 +11,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from xformer.checkpoint import latest_checkpoint
-from xformer.config import RunConfig, load_yaml, validate
+from xformer.config import load_yaml, parse_config
 from xformer.errors import XformerError
 from xformer.models import build_model
 
@@ -35,7 +35,7 @@ def _kind(path: Path) -> str:
 
 def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     config_file = ckpt / "config.yaml"
-    model_cfg = validate(RunConfig, load_yaml(config_file), str(config_file)).model
+    model_cfg = parse_config(load_yaml(config_file), str(config_file)).model
     model = build_model(model_cfg.model_copy(update={"attn_backend": attn_backend}))
     try:
         load_model(model, ckpt / "model.safetensors")

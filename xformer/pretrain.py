@@ -9,7 +9,7 @@ import yaml
 
 from xformer import distributed
 from xformer.checkpoint import latest_checkpoint
-from xformer.config import BertConfig, RunConfig, save_config
+from xformer.config import BertConfig, BertPretrainingConfig, save_config
 from xformer.errors import XformerError
 from xformer.losses import IGNORE_INDEX, bert_pretraining_loss, bert_pretraining_metrics
 from xformer.models.bert import BertForPreTraining
@@ -41,7 +41,7 @@ class BertPretrainingTask:
         return bert_pretraining_metrics(counts)
 
 
-def initial_model(cfg: RunConfig, vocab_size: int) -> BertForPreTraining:
+def initial_model(cfg: BertPretrainingConfig, vocab_size: int) -> BertForPreTraining:
     """A fresh model, or one initialised from ``model.init`` (``hf:<dir or id>``, a run or checkpoint).
 
     With an init, the architecture comes from the checkpoint; dropout and attention backend from the recipe.
@@ -71,7 +71,7 @@ def initial_model(cfg: RunConfig, vocab_size: int) -> BertForPreTraining:
     return model
 
 
-def check_resume(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+def check_resume(run_dir: Path, cfg: BertPretrainingConfig, resume: bool) -> None:
     has_ckpt = latest_checkpoint(run_dir) is not None
     if has_ckpt and not resume:
         raise XformerError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or --out another dir")
@@ -87,7 +87,7 @@ def check_resume(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
                                    f"({old[section].get(diff[0])!r} there, {new[section][diff[0]]!r} now)")
 
 
-def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
+def pretrain(cfg: BertPretrainingConfig, resume: bool = False) -> dict:
     """Prepare data (cached), build the model, train; returns the final train and validation metrics."""
     from xformer.data import MLMMasker, prepare_pretraining_data
 

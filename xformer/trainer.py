@@ -40,25 +40,33 @@ from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and norm weights (every parameter with fewer than 2 dims)."""
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: decayed weights, and biases/norms (fewer than 2 dims) without."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda")
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warmup to ``lr``, then linear or cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+def build_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD over ``groups``; a group's ``lr_scale`` multiplies ``cfg.lr`` (layer-wise decay)."""
+    groups = [{**g, "lr": cfg.lr * g.pop("lr_scale", 1.0)} for g in (dict(g) for g in groups) if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda")
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warmup to ``lr``, then linear or cosine decay to ``lr * min_lr_ratio`` at ``total_steps``."""
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
@@ -107,8 +115,9 @@ class Trainer:
         self.cfg, self.tcfg, self.task, self.dist = cfg, cfg.train, task, dist
         self.run_dir = Path(run_dir)
         self.model = model.to(dist.device)
-        self.optimizer = build_optimizer(self.model, self.tcfg, dist.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg))
+        groups = task.param_groups(self.model) if hasattr(task, "param_groups") else \
+            param_groups(self.model, self.tcfg.weight_decay)
+        self.optimizer = build_optimizer(groups, self.tcfg, dist.device)
         bf16 = self.tcfg.precision == "bf16" or (self.tcfg.precision == "auto" and dist.device.type == "cuda")
         self.autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.micro_batch = self.tcfg.batch_size * dist.world_size  # rows of one global micro-batch
@@ -116,6 +125,12 @@ class Trainer:
             raise XformerError(f"the training data has {len(task.train_data)} examples, fewer than one batch "
                                f"(train.batch_size={self.tcfg.batch_size} x {dist.world_size} processes)")
         self.epoch_batches = len(task.train_data) // self.micro_batch
+        steps_per_epoch = max(1, self.epoch_batches // self.tcfg.grad_accum)
+        epochs = self.tcfg.epochs
+        self.total_steps = self.tcfg.max_steps if epochs is None else max(1, round(epochs * steps_per_epoch))
+        self.eval_every = steps_per_epoch if self.tcfg.eval_every == "epoch" else self.tcfg.eval_every
+        self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg, self.total_steps))
         self._perm_epoch, self._perm = -1, None
         step_model = torch.compile(self.model) if self.tcfg.compile else self.model
         if dist.world_size > 1:
@@ -170,7 +185,9 @@ class Trainer:
         data = self.task.val_data
         self.step_model.eval()
         counts: dict[str, torch.Tensor] = {}
-        n_batches = min(self.tcfg.eval_batches, math.ceil(len(data) / self.micro_batch))
+        n_batches = math.ceil(len(data) / self.micro_batch)
+        if self.tcfg.eval_batches is not None:
+            n_batches = min(n_batches, self.tcfg.eval_batches)
         for i in range(n_batches):
             idx = np.arange(i * self.micro_batch, min(len(data), (i + 1) * self.micro_batch))
             full = {n: t.to(self.dist.device) for n, t in data.batch(idx).items()}
@@ -183,7 +200,7 @@ class Trainer:
         return self.task.metrics(distributed.all_reduce_sums(counts))
 
     def fit(self, resume: bool = False) -> dict:
-        """Train to ``max_steps`` (or ``max_minutes``); returns the last train and validation metrics."""
+        """Train for ``max_steps`` or ``epochs`` (or ``max_minutes``); returns the last train and validation metrics."""
         tcfg, is_main = self.tcfg, self.dist.is_main
         start_step, elapsed_before = 0, 0.0
         if resume and (ckpt := latest_checkpoint(self.run_dir)) is not None:
@@ -194,19 +211,19 @@ class Trainer:
             start_step, elapsed_before = state["step"], state["elapsed"]
         log = MetricsLog(self.run_dir / "metrics.jsonl", start_step if resume else None,
                          start_wandb(self.cfg, self.run_dir)) if is_main else None
-        bar = tqdm(total=tcfg.max_steps, initial=start_step, disable=not (is_main and tcfg.progress),
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not (is_main and tcfg.progress),
                    dynamic_ncols=True, desc="train")
         t_start = t_log = time.perf_counter()
         window: dict[str, torch.Tensor] = {}
         train_metrics: dict = {}
         val_metrics: dict = {}
         step = start_step
-        while step < tcfg.max_steps:
+        while step < self.total_steps:
             for n, v in self.train_step(step).items():
                 window[n] = window[n] + v if n in window else v
             step += 1
             bar.update(1)
-            last = step == tcfg.max_steps
+            last = step == self.total_steps
             if step % tcfg.log_every == 0 or last:
                 sums = distributed.all_reduce_sums(window)
                 now = time.perf_counter()
@@ -222,12 +239,12 @@ class Trainer:
                 if tcfg.max_minutes is not None:
                     out_of_time = (elapsed_before + now - t_start) / 60 >= tcfg.max_minutes
                     last = last or distributed.broadcast_flag(out_of_time, self.dist.device)
-            if step % tcfg.eval_every == 0 or last:
+            if step % self.eval_every == 0 or last:
                 val_metrics = self.evaluate()
                 if is_main:
                     log.write({"step": step, "split": "val", **val_metrics})
                     bar.write(f"step {step} | val " + " | ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
-            if step % tcfg.save_every == 0 or last:
+            if step % self.save_every == 0 or last:
                 if is_main:
                     state = {"step": step, "optimizer": self.optimizer.state_dict(),
                              "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
