@@ -1,4 +1,4 @@
-"""The ``xformer`` command: ``pretrain`` and ``export``.
+"""The ``xformer`` command: ``train`` / ``pretrain`` / ``finetune`` a recipe, ``eval`` and ``export`` a run.
 
 Problems with the user's input are printed as one ``error:`` line with exit code 2.
 """
@@ -6,43 +6,86 @@ Problems with the user's input are printed as one ``error:`` line with exit code
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from xformer.errors import XformerError
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from xformer.config import load_recipe
-    from xformer.pretrain import pretrain
+def run_recipe(args: argparse.Namespace, command: str) -> None:
+    from xformer.config import (
+        BertPretrainingConfig,
+        ImageClassificationConfig,
+        load_recipe,
+    )
 
     cfg = load_recipe(args.recipe, args.set)
     if args.out:
         cfg.out_dir = args.out
-    result = pretrain(cfg, resume=args.resume)
+    if command == "pretrain" and not isinstance(cfg, BertPretrainingConfig):
+        raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
+    if command == "finetune" and getattr(cfg.model, "init", None) is None:
+        raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
+    if isinstance(cfg, ImageClassificationConfig):
+        from xformer.classify import train_classifier
+
+        result = train_classifier(cfg, resume=args.resume)
+    else:
+        from xformer.pretrain import pretrain
+
+        result = pretrain(cfg, resume=args.resume)
     val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items())
     print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from xformer.evaluate import evaluate_run
+
+    evaluate_run(args.run_dir, args.data, args.split)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
-    from xformer.interop.hf_bert import export_bert
-    from xformer.loading import load, load_tokenizer
+    from xformer.loading import load
 
     model = load(args.run_dir)
-    export_bert(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
-    print(f"exported {args.run_dir} to {args.out_dir} (transformers.BertForPreTraining format)")
+    if hasattr(model, "vit"):
+        from xformer.interop.hf_vit import export_vit
+
+        classes = Path(args.run_dir) / "classes.json"
+        export_vit(model, args.out_dir, class_names=json.loads(classes.read_text()) if classes.is_file() else None)
+        kind = "ViTForImageClassification"
+    elif hasattr(model, "bert") and hasattr(model, "mlm"):
+        from xformer.interop.hf_bert import export_bert
+        from xformer.loading import load_tokenizer
+
+        export_bert(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
+        kind = "BertForPreTraining"
+    else:
+        raise XformerError(f"{args.run_dir}: no HF export for {type(model).__name__} (BERT and ViT runs export)")
+    print(f"exported {args.run_dir} to {args.out_dir} (transformers.{kind} format)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xformer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a model from a YAML recipe")
-    p.add_argument("recipe", help="recipe file, e.g. recipes/bert_small.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set train.max_steps=100 (repeatable)")
-    p.add_argument("--out", help="run directory (default: recipe's out_dir or runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.set_defaults(func=cmd_pretrain)
+    for name, text in (("train", "train a model from a YAML recipe"),
+                       ("pretrain", "pretrain a BERT from a YAML recipe (task bert_pretraining)"),
+                       ("finetune", "fine-tune from model.init (an HF checkpoint or a run) with a YAML recipe")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("recipe", help="recipe file, e.g. recipes/bert_small.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.max_steps=100 (repeatable)")
+        p.add_argument("--out", help="run directory (default: recipe's out_dir or runs/<recipe name>)")
+        p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+        p.set_defaults(func=lambda args, command=name: run_recipe(args, command))
+
+    p = sub.add_parser("eval", help="evaluate an image classification run on a dataset")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--data", required=True, help="HF dataset name, Parquet files/globs or an image folder")
+    p.add_argument("--split", help="split of an HF dataset (default: train)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a run to HF transformers format")
     p.add_argument("run_dir", help="run directory or checkpoint directory")

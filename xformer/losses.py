@@ -63,3 +63,33 @@ def bert_pretraining_metrics(counts: dict[str, float]) -> dict[str, float]:
         "nsp_loss": nsp_loss,
         "nsp_acc": counts["nsp_correct"] / nsp_n,
     }
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    normalizer: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy against soft targets (label smoothing, mixup, cutmix), with accuracy counts.
+
+    Args:
+        logits: (B, K).
+        targets: (B, K) probabilities (one-hot when nothing is mixed or smoothed).
+        labels: (B,) the original class of each image; accuracy is measured against it.
+        normalizer: what the summed loss is divided by; default B (see :func:`bert_pretraining_loss`).
+    """
+    loss_sum = -(targets * F.log_softmax(logits.float(), dim=-1)).sum()
+    loss = loss_sum / (labels.numel() if normalizer is None else normalizer)
+    with torch.no_grad():
+        counts = {
+            "loss_sum": loss_sum.detach(),
+            "correct": (logits.argmax(-1) == labels).sum(),
+            "n": labels.new_tensor(labels.numel()),
+        }
+    return loss, counts
+
+
+def classification_metrics(counts: dict[str, float]) -> dict[str, float]:
+    n = max(counts["n"], 1)
+    return {"loss": counts["loss_sum"] / n, "acc": counts["correct"] / n}

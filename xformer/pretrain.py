@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from xformer import distributed
-from xformer.checkpoint import latest_checkpoint
 from xformer.config import BertConfig, BertPretrainingConfig, save_config
 from xformer.errors import XformerError
 from xformer.losses import IGNORE_INDEX, bert_pretraining_loss, bert_pretraining_metrics
 from xformer.models.bert import BertForPreTraining
-from xformer.trainer import Trainer
+from xformer.trainer import Trainer, check_run_dir
 
 
 class BertPretrainingTask:
@@ -22,7 +20,7 @@ class BertPretrainingTask:
     def __init__(self, train_data, val_data, masker):
         self.train_data, self.val_data, self.masker = train_data, val_data, masker
 
-    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
         input_ids, labels = self.masker(batch["input_ids"], batch["attention_mask"], generator)
         return {**batch, "input_ids": input_ids, "labels": labels}
 
@@ -71,22 +69,6 @@ def initial_model(cfg: BertPretrainingConfig, vocab_size: int) -> BertForPreTrai
     return model
 
 
-def check_resume(run_dir: Path, cfg: BertPretrainingConfig, resume: bool) -> None:
-    has_ckpt = latest_checkpoint(run_dir) is not None
-    if has_ckpt and not resume:
-        raise XformerError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or --out another dir")
-    saved = run_dir / "config.yaml"
-    if resume and has_ckpt and saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        new = cfg.model_dump(mode="json")
-        for section in ("model", "data"):
-            diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]
-                    and not (section == "model" and k == "vocab_size" and new[section][k] is None)]
-            if diff:
-                raise XformerError(f"--resume: {section}.{diff[0]} differs from {saved} "
-                                   f"({old[section].get(diff[0])!r} there, {new[section][diff[0]]!r} now)")
-
-
 def pretrain(cfg: BertPretrainingConfig, resume: bool = False) -> dict:
     """Prepare data (cached), build the model, train; returns the final train and validation metrics."""
     from xformer.data import MLMMasker, prepare_pretraining_data
@@ -94,7 +76,7 @@ def pretrain(cfg: BertPretrainingConfig, resume: bool = False) -> dict:
     dist = distributed.setup(cfg.train.device)
     try:
         run_dir = Path(cfg.out_dir or "runs/pretrain")
-        check_resume(run_dir, cfg, resume)
+        check_run_dir(run_dir, cfg, resume)
         if cfg.model.init and cfg.model.init.startswith("hf:") and cfg.data.tokenizer.path is None:
             cfg.data.tokenizer.path = cfg.model.init[3:]  # the checkpoint's own vocabulary
         if not dist.is_main:

@@ -3,7 +3,8 @@
 A *task* adapts a model family to the loop. It provides ``train_data`` / ``val_data`` (``len()`` and
 ``batch(indices) -> dict of CPU tensors``) and three methods:
 
-- ``prepare(batch, generator)``: on-device, random per batch work (masking, augmentation);
+- ``prepare(batch, generator, train)``: on-device, random per batch work (masking, augmentation;
+  with ``train=False`` only what evaluation needs, e.g. fixed masks, no augmentation);
 - ``loss(model, local, full)``: loss and summed counts for this process's rows ``local`` of the
   micro-batch ``full`` (``full`` gives global normalisers, so N processes match one with N x batch);
 - ``metrics(counts)``: summed counts -> named metrics.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -107,6 +109,24 @@ def start_wandb(cfg: RunConfig, run_dir: Path):
                       config=cfg.model_dump(mode="json"))
 
 
+def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Refuse to overwrite a run; on ``--resume``, refuse a recipe whose model or data sections changed."""
+    has_ckpt = latest_checkpoint(run_dir) is not None
+    if has_ckpt and not resume:
+        raise XformerError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or --out another dir")
+    saved = run_dir / "config.yaml"
+    if resume and has_ckpt and saved.is_file():
+        old, new = yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json")
+        # with model.init, the architecture comes from the checkpoint, not from the recipe's model keys
+        for section in ("data",) if getattr(cfg.model, "init", None) else ("model", "data"):
+            before, now = old.get(section, {}), new[section]
+            # keys filled in at run time (vocab_size, num_classes) are None in a recipe
+            diff = [k for k in now if now[k] is not None and before.get(k) != now[k]]
+            if diff:
+                raise XformerError(f"--resume: {section}.{diff[0]} differs from {saved} "
+                                   f"({before.get(diff[0])!r} there, {now[diff[0]]!r} now)")
+
+
 class Trainer:
     """Runs ``cfg.train`` on ``model`` for ``task``; checkpoints and metrics go to ``run_dir``."""
 
@@ -152,7 +172,7 @@ class Trainer:
             self._perm, self._perm_epoch = rng.permutation(len(self.task.train_data)), epoch
         idx = self._perm[pos * self.micro_batch:(pos + 1) * self.micro_batch]
         batch = {n: t.to(self.dist.device, non_blocking=True) for n, t in self.task.train_data.batch(idx).items()}
-        return self.task.prepare(batch, self._generator(self.tcfg.seed * 1_000_003 + k))
+        return self.task.prepare(batch, self._generator(self.tcfg.seed * 1_000_003 + k), train=True)
 
     def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         B, r = self.tcfg.batch_size, self.dist.rank
@@ -191,7 +211,7 @@ class Trainer:
         for i in range(n_batches):
             idx = np.arange(i * self.micro_batch, min(len(data), (i + 1) * self.micro_batch))
             full = {n: t.to(self.dist.device) for n, t in data.batch(idx).items()}
-            full = self.task.prepare(full, self._generator(2**31 + i))
+            full = self.task.prepare(full, self._generator(2**31 + i), train=False)
             local = {n: t[self.dist.rank::self.dist.world_size] for n, t in full.items()}
             with self.autocast():
                 _, c = self.task.loss(self.model, local, full)
@@ -228,14 +248,15 @@ class Trainer:
                 sums = distributed.all_reduce_sums(window)
                 now = time.perf_counter()
                 train_metrics = self.task.metrics(sums)
-                train_metrics.update(lr=self.scheduler.get_last_lr()[0],
-                                     tokens_per_s=sums.get("tokens", 0.0) / (now - t_log))
+                train_metrics["lr"] = self.scheduler.get_last_lr()[0]
+                for unit in ("tokens", "images"):  # throughput in whatever the task counts
+                    if unit in sums:
+                        train_metrics[f"{unit}_per_s"] = sums[unit] / (now - t_log)
                 window, t_log = {}, now
                 if is_main:
                     log.write({"step": step, "split": "train", **train_metrics,
                                "elapsed_s": elapsed_before + now - t_start})
-                    bar.set_postfix(loss=f"{train_metrics['loss']:.3f}",
-                                    tok_s=f"{train_metrics['tokens_per_s']:.0f}")
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in train_metrics.items() if k == "loss" or "_per_s" in k})
                 if tcfg.max_minutes is not None:
                     out_of_time = (elapsed_before + now - t_start) / 60 >= tcfg.max_minutes
                     last = last or distributed.broadcast_flag(out_of_time, self.dist.device)
