@@ -14,7 +14,7 @@ from safetensors.torch import save_model
 import xformer
 from xformer.config import BertConfig, BertPretrainingConfig, save_config
 from xformer.errors import XformerError
-from xformer.interop import (
+from xformer.interop.hf_bert import (
     config_from_hf,
     config_to_hf,
     export_bert,

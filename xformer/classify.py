@@ -93,7 +93,8 @@ def finetune_param_groups(model: nn.Module, cfg: FinetuneConfig, weight_decay: f
         scale = cfg.layer_decay ** (depth + 1 - ids[name]) if cfg.layer_decay else 1.0
         if id(p) in head:
             scale *= cfg.head_lr_scale
-        decay = weight_decay if p.ndim >= 2 else 0.0
+        # no decay on biases, norms, and ViT's [CLS] token and position embeddings (as timm)
+        decay = weight_decay if p.ndim >= 2 and not name.endswith(("cls_token", "embeddings.position")) else 0.0
         group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
         group["params"].append(p)
     if not groups:
@@ -165,7 +166,7 @@ def train_classifier(cfg: ImageClassificationConfig, resume: bool = False) -> di
             (run_dir / "classes.json").write_text(json.dumps(data.class_names))
             n_params = sum(p.numel() for p in model.parameters())
             print(f"model: {cfg.model.arch}, {n_params / 1e6:.2f}M parameters; data: {len(data.train)} train / "
-                  f"{len(data.val)} val images, {num_classes} classes; run dir: {run_dir}")
+                  f"{len(data.val) if data.val else 0} val images, {num_classes} classes; run dir: {run_dir}")
         trainer = Trainer(cfg, model, task, run_dir, dist)
         result = trainer.fit(resume=resume)
         if dist.is_main:

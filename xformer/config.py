@@ -8,8 +8,8 @@ valid ones (see :func:`load_recipe`).
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 import types
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml

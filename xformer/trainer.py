@@ -203,6 +203,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Metrics over the first ``eval_batches`` global batches of the validation data (fixed masks)."""
         data = self.task.val_data
+        if data is None or len(data) == 0:
+            return {}
         self.step_model.eval()
         counts: dict[str, torch.Tensor] = {}
         n_batches = math.ceil(len(data) / self.micro_batch)

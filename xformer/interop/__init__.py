@@ -1,12 +1,10 @@
-"""Interoperability with other libraries' checkpoints (Hugging Face transformers BERT)."""
+"""Interoperability with Hugging Face transformers checkpoints: BERT, ViT and generic image classifiers.
 
-from xformer.interop.hf_bert import (
-    config_from_hf,
-    config_to_hf,
-    export_bert,
-    load_hf_bert,
-    state_dict_from_hf,
-    state_dict_to_hf,
-)
+Each submodule converts one family (``hf_bert``, ``hf_vit``) or wraps one (``hf_image``); import the
+functions from there, e.g. ``from xformer.interop.hf_vit import load_hf_vit``.
+"""
 
-__all__ = ["config_from_hf", "config_to_hf", "export_bert", "load_hf_bert", "state_dict_from_hf", "state_dict_to_hf"]
+from xformer.interop.hf_bert import export_bert, load_hf_bert
+from xformer.interop.hf_vit import export_vit, load_hf_vit
+
+__all__ = ["export_bert", "export_vit", "load_hf_bert", "load_hf_vit"]

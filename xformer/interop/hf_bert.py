@@ -17,25 +17,26 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from xformer.config import BertConfig
 from xformer.errors import XformerError
+from xformer.interop.common import (
+    ACT_FROM_HF,
+    ACT_TO_HF,
+    fetch_from_hub,
+    read_weights,
+)
 from xformer.models.bert import BertForPreTraining, BertModel
 
 logger = logging.getLogger(__name__)
-
-# HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation.
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 # Keys HF ties to others; export_bert leaves them out of model.safetensors, as save_pretrained does.
 _TIED_HF_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 # Non-persistent buffers that some older checkpoints saved.
 _HF_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -52,8 +53,8 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
     if hf_config.is_decoder or getattr(hf_config, "add_cross_attention", False):
         raise XformerError("HF BERT configured as a decoder (is_decoder / add_cross_attention) is not supported")
     act = hf_config.hidden_act
-    if not isinstance(act, str) or act not in _ACT_FROM_HF:
-        raise XformerError(f"HF BERT hidden_act={act!r} is not supported; expected one of {', '.join(_ACT_FROM_HF)}")
+    if not isinstance(act, str) or act not in ACT_FROM_HF:
+        raise XformerError(f"HF BERT hidden_act={act!r} is not supported; expected one of {', '.join(ACT_FROM_HF)}")
     return BertConfig(
         dim=hf_config.hidden_size,
         depth=hf_config.num_hidden_layers,
@@ -64,7 +65,7 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
         norm_first=False,
         norm_eps=hf_config.layer_norm_eps,
         qkv_bias=True,
-        act=_ACT_FROM_HF[act],
+        act=ACT_FROM_HF[act],
         vocab_size=hf_config.vocab_size,
         max_position=hf_config.max_position_embeddings,
         type_vocab_size=hf_config.type_vocab_size,
@@ -88,7 +89,7 @@ def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
         num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.num_heads,
         intermediate_size=cfg.mlp_dim,
-        hidden_act=_ACT_TO_HF[cfg.act],
+        hidden_act=ACT_TO_HF[cfg.act],
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.attn_dropout,
         max_position_embeddings=cfg.max_position,
@@ -237,36 +238,6 @@ def transformer_dir(folder: Path) -> Path:
     raise XformerError(f"{modules_file}: no sentence_transformers Transformer module listed")
 
 
-def _fetch_from_hub(repo_id: str) -> Path:
-    """Download a hub repo's configs, vocabularies and weights (safetensors, else .bin) to the HF cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-        if not any(folder.rglob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*pytorch_model.bin"]))
-    except HFValidationError:
-        raise XformerError(f"{repo_id}: no such directory (and not a valid Hugging Face hub id)") from None
-    except RepositoryNotFoundError:
-        raise XformerError(f"{repo_id!r}: no such local directory, and no accessible model of that id on the "
-                           "Hugging Face hub") from None
-    except Exception as err:  # offline mode, network or HTTP errors: all mean we cannot get it
-        raise XformerError(f"{repo_id!r} is not a local directory and the Hugging Face hub is unreachable "
-                           f"({type(err).__name__}); pass a local directory") from None
-    return folder
-
-
-def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        path = model_dir / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                return load_file(path)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    raise XformerError(f"{model_dir}: no weights found; expected {' or '.join(WEIGHT_FILES)}")
-
-
 def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
     """Load an HF BERT checkpoint as our model, in eval mode.
 
@@ -278,7 +249,7 @@ def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str =
     """
     folder = Path(path_or_id)
     if not folder.exists():
-        folder = _fetch_from_hub(str(path_or_id))
+        folder = fetch_from_hub(str(path_or_id))
     if not folder.is_dir():
         raise XformerError(f"{folder}: expected an HF BERT directory (config.json + weights)")
     model_dir = transformer_dir(folder)
@@ -286,7 +257,7 @@ def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str =
         raise XformerError(f"{model_dir}: no config.json; expected an HF BERT directory")
     cfg = config_from_hf(transformers.AutoConfig.from_pretrained(model_dir))
     cfg.attn_backend = attn_backend
-    state = state_dict_from_hf(_read_weights(model_dir), cfg)
+    state = state_dict_from_hf(read_weights(model_dir), cfg)
 
     has_heads = any(k.startswith(("mlm.", "nsp.")) for k in state)
     if has_heads if heads is None else heads:

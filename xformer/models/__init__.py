@@ -5,14 +5,33 @@ from __future__ import annotations
 from torch import nn
 
 from xformer.models.bert import BertForPreTraining, BertModel
+from xformer.models.cnn import CNN
+from xformer.models.vit import (
+    ImageClassifierOutput,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 
 def build_model(cfg) -> nn.Module:
-    """The pretraining model for a model config (selected by ``cfg.arch``)."""
-    builders = {"bert": BertForPreTraining}
+    """The model for a model config (selected by ``cfg.arch``): BERT for pretraining, or an image classifier."""
+    if cfg.arch == "hf_image":
+        # imported here: it imports transformers, which the other models do not need
+        from xformer.interop.hf_image import HFImageClassifier
+
+        return HFImageClassifier(cfg)
+    builders = {"bert": BertForPreTraining, "vit": ViTForImageClassification, "cnn": CNN}
     if cfg.arch not in builders:
-        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose from {', '.join(builders)}")
+        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose from {', '.join(builders)}, hf_image")
     return builders[cfg.arch](cfg)
 
 
-__all__ = ["BertForPreTraining", "BertModel", "build_model"]
+__all__ = [
+    "CNN",
+    "BertForPreTraining",
+    "BertModel",
+    "ImageClassifierOutput",
+    "ViTForImageClassification",
+    "ViTModel",
+    "build_model",
+]

@@ -1,0 +1,293 @@
+"""Convert ViT between xformer and Hugging Face transformers: configs, state dicts, load and export.
+
+Our layout fuses the query, key and value projections into one ``attn.qkv`` linear (rows
+``[q; k; v]``). HF ViT checkpoints come in two namings: the one on the hub and written by
+``save_pretrained`` (``vit.encoder.layer.{i}.attention.attention.query``, ...) and the in-memory
+one of transformers 5 (``vit.layers.{i}.attention.q_proj``, ...); both are read, and the hub naming
+is written. Keys may lack the ``vit.`` prefix (an HF ``ViTModel``); the head is ``classifier``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from xformer.config import ViTConfig
+from xformer.errors import XformerError
+from xformer.interop.common import (
+    ACT_FROM_HF,
+    ACT_TO_HF,
+    fetch_from_hub,
+    read_weights,
+)
+from xformer.models.vit import ViTForImageClassification
+
+logger = logging.getLogger(__name__)
+
+# transformers 5 in-memory names -> hub names, applied in order (attention.o_proj before mlp.fc2).
+_HUB_NAMES = (
+    (r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+)
+# Parts of HF checkpoints that image classification does not use: the pooler of a ViTModel, and
+# the mask token of a masked-image-modelling checkpoint.
+_UNUSED = re.compile(r"^vit\.(pooler\.|embeddings\.mask_token$)")
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_from_hf(hf_config: transformers.PretrainedConfig) -> ViTConfig:
+    """Our :class:`ViTConfig` for an HF ViT config (``num_classes`` from its ``num_labels``);
+    XformerError for settings we cannot reproduce (non-square images or patches, other activations)."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type != "vit":
+        raise XformerError(f"expected an HF ViT config (model_type 'vit'), got model_type {model_type!r}")
+    image, patch = _pair(hf_config.image_size), _pair(hf_config.patch_size)
+    if image[0] != image[1] or patch[0] != patch[1]:
+        raise XformerError(f"HF ViT image_size={hf_config.image_size}, patch_size={hf_config.patch_size}: "
+                           "only square images and patches are supported")
+    act = hf_config.hidden_act
+    if not isinstance(act, str) or act not in ACT_FROM_HF:
+        raise XformerError(f"HF ViT hidden_act={act!r} is not supported; expected one of {', '.join(ACT_FROM_HF)}")
+    return ViTConfig(
+        dim=hf_config.hidden_size,
+        depth=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
+        dropout=hf_config.hidden_dropout_prob,
+        attn_dropout=hf_config.attention_probs_dropout_prob,
+        norm_first=True,
+        norm_eps=hf_config.layer_norm_eps,
+        qkv_bias=hf_config.qkv_bias,
+        act=ACT_FROM_HF[act],
+        image_size=image[0],
+        patch_size=patch[0],
+        in_channels=hf_config.num_channels,
+        num_classes=hf_config.num_labels,
+        pool="cls",
+        init_std=hf_config.initializer_range,
+    )
+
+
+def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transformers.ViTConfig:
+    """The HF ``ViTConfig`` (architecture ``ViTForImageClassification``) for our config.
+
+    ``class_names`` become ``id2label``. Raises XformerError for what HF ViT cannot express: post-LN
+    blocks, mean pooling, an unset number of classes, or class names of another count.
+    """
+    if not cfg.norm_first:
+        raise XformerError("a post-LN ViT (model.norm_first=false) has no HF transformers equivalent")
+    if cfg.pool != "cls":
+        raise XformerError(f"HF ViTForImageClassification classifies the [CLS] token; model.pool={cfg.pool!r} "
+                           "cannot be exported")
+    if cfg.num_classes is None:
+        raise XformerError("model.num_classes must be set to convert the config to HF")
+    if class_names is not None and len(class_names) != cfg.num_classes:
+        raise XformerError(f"{len(class_names)} class names for a model with {cfg.num_classes} classes")
+    names = class_names if class_names is not None else [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    return transformers.ViTConfig(
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_dim,
+        hidden_act=ACT_TO_HF[cfg.act],
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attn_dropout,
+        initializer_range=cfg.init_std,
+        layer_norm_eps=cfg.norm_eps,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_channels,
+        qkv_bias=cfg.qkv_bias,
+        encoder_stride=cfg.patch_size,
+        id2label={i: str(name) for i, name in enumerate(names)},
+        label2id={str(name): i for i, name in enumerate(names)},
+        architectures=["ViTForImageClassification"],
+    )
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _params(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
+    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
+
+
+def _backbone_keys(cfg: ViTConfig) -> list[tuple[str, str]]:
+    """(our key, HF hub key) for everything but the fused q/k/v and the head; every one is required."""
+    keys = [
+        ("vit.embeddings.cls_token", "vit.embeddings.cls_token"),
+        ("vit.embeddings.position", "vit.embeddings.position_embeddings"),
+        *_params("vit.embeddings.proj", "vit.embeddings.patch_embeddings.projection"),
+        *_params("vit.encoder.norm", "vit.layernorm"),
+    ]
+    for i in range(cfg.depth):
+        ours, hf = f"vit.encoder.blocks.{i}", f"vit.encoder.layer.{i}"
+        keys += (
+            _params(f"{ours}.norm1", f"{hf}.layernorm_before")
+            + _params(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
+            + _params(f"{ours}.norm2", f"{hf}.layernorm_after")
+            + _params(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
+            + _params(f"{ours}.mlp.fc2", f"{hf}.output.dense")
+        )
+    return keys
+
+
+_HEAD_KEYS = _params("head", "classifier")
+
+
+def _qkv_keys(i: int, param: str) -> tuple[str, list[str]]:
+    hf = f"vit.encoder.layer.{i}.attention.attention"
+    return f"vit.encoder.blocks.{i}.attn.qkv.{param}", [f"{hf}.{n}.{param}" for n in ("query", "key", "value")]
+
+
+def _normalise_hf_key(key: str) -> str:
+    """An HF key in hub naming, with the ``vit.`` prefix."""
+    if not key.startswith(("vit.", "classifier.")):
+        key = "vit." + key
+    for pattern, replacement in _HUB_NAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Convert an HF ViT state dict (``ViTModel`` or ``ViTForImageClassification``, either naming) to
+    :class:`ViTForImageClassification` keys.
+
+    The backbone is required (XformerError naming the first missing keys otherwise); the head
+    (``classifier.*`` -> ``head.*``) is converted when present. Unused tensors are logged.
+    """
+    src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
+    used = {k for k in src if _UNUSED.match(k)}
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    for ours, hf in _backbone_keys(cfg):
+        if hf in src:
+            out[ours] = src[hf]
+            used.add(hf)
+        else:
+            missing.append(hf)
+    for i in range(cfg.depth):
+        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            ours, parts = _qkv_keys(i, param)
+            missing += [p for p in parts if p not in src]
+            if all(p in src for p in parts):
+                out[ours] = torch.cat([src[p] for p in parts])
+                used.update(parts)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise XformerError(f"not a ViT checkpoint for this config: it lacks {', '.join(missing[:3])}{more}")
+    for ours, hf in _HEAD_KEYS:
+        if hf in src:
+            out[ours] = src[hf]
+            used.add(hf)
+
+    ignored = sorted(set(src) - used)
+    if ignored:
+        logger.warning("ignoring %d checkpoint tensors that ViT classification does not use: %s",
+                       len(ignored), ", ".join(ignored))
+    return out
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Convert our :class:`ViTForImageClassification` state dict to HF hub keys, which load strictly
+    into ``transformers.ViTForImageClassification`` (through ``from_pretrained``)."""
+    out = {hf: state[ours] for ours, hf in _backbone_keys(cfg) + _HEAD_KEYS}
+    for i in range(cfg.depth):
+        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            ours, parts = _qkv_keys(i, param)
+            # clones own their storage: safetensors refuses tensors that share it
+            out.update(zip(parts, [t.clone() for t in state[ours].chunk(3)]))
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_hf_vit(path_or_id: str, num_classes: int | None = None,
+                attn_backend: str = "auto") -> ViTForImageClassification:
+    """Load an HF ViT checkpoint as our :class:`ViTForImageClassification`, in eval mode.
+
+    ``path_or_id`` is a local HF directory (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``) or a hub id (fetched through huggingface_hub; offline, XformerError asks for
+    a local directory). The head is the checkpoint's when it has one with ``num_classes`` outputs
+    (``None``: whatever it has); otherwise a fresh head with ``num_classes`` outputs is initialised.
+    """
+    folder = Path(path_or_id)
+    if not folder.exists():
+        folder = fetch_from_hub(str(path_or_id))
+    if not (folder / "config.json").is_file():
+        raise XformerError(f"{folder}: no config.json; expected an HF ViT directory")
+    cfg = config_from_hf(transformers.AutoConfig.from_pretrained(folder))
+    cfg.attn_backend = attn_backend
+    state = state_dict_from_hf(read_weights(folder), cfg)
+
+    head_classes = state["head.weight"].size(0) if "head.weight" in state else None
+    if num_classes is None and head_classes is None:
+        raise XformerError(f"{path_or_id}: the checkpoint has no classifier; pass num_classes for a new head")
+    cfg.num_classes = num_classes if num_classes is not None else head_classes
+    if head_classes is not None and head_classes != cfg.num_classes:
+        logger.info("%s: replacing its %d-class classifier by a new %d-class head",
+                    path_or_id, head_classes, cfg.num_classes)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    elif head_classes is None:
+        logger.info("%s: no classifier in the checkpoint; initialising a %d-class head", path_or_id, cfg.num_classes)
+
+    model = ViTForImageClassification(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_vit(model: ViTForImageClassification, out_dir: str | Path,
+               class_names: list[str] | None = None) -> Path:
+    """Write ``model`` as an HF ``ViTForImageClassification`` directory; returns its path.
+
+    The directory loads with ``transformers.ViTForImageClassification.from_pretrained``; ``class_names``
+    become its ``id2label``. It is written to a temporary directory next to ``out_dir`` and renamed
+    into place, so it is never seen half-written. Raises XformerError when ``out_dir`` exists and is
+    not an empty directory.
+    """
+    if not isinstance(model, ViTForImageClassification):
+        raise XformerError(f"export_vit expects an xformer ViTForImageClassification, got {type(model).__name__}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
+    hf_config = config_to_hf(model.config, class_names)
+    state = state_dict_to_hf(model.state_dict(), model.config)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        hf_config.save_pretrained(tmp)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

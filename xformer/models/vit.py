@@ -1,0 +1,92 @@
+"""Vision transformer: patch embeddings + the shared pre-LN encoder, and a linear classification head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xformer.config import ViTConfig
+from xformer.layers.block import Encoder
+from xformer.layers.embeddings import PatchEmbeddings
+
+
+@dataclass
+class ViTOutput:
+    last_hidden_state: torch.Tensor  # (B, 1+N, D), [CLS] first, after the final norm
+    pooler_output: torch.Tensor  # (B, D): the [CLS] token, or the mean of the patch tokens
+
+
+@dataclass
+class ImageClassifierOutput:
+    """What every image classifier returns (ViT, CNN, HF image models)."""
+
+    logits: torch.Tensor  # (B, K)
+    last_hidden_state: torch.Tensor | None = None  # (B, T, D) for transformers; None otherwise
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """HF ViT initialisation: truncated N(0, std) for linear and conv weights, zero biases, unit norms.
+
+    The [CLS] token and positions are initialised by :class:`ViTModel` (same distribution).
+    """
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViTModel(nn.Module):
+    """The ViT backbone: :class:`PatchEmbeddings`, then the shared encoder (pre-LN, with its final norm).
+
+    ``pooler_output`` is the [CLS] token (``cfg.pool="cls"``) or the mean of the patch tokens
+    (``"mean"``); there is no pooler layer, as in HF ``ViTForImageClassification``.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = PatchEmbeddings(cfg.image_size, cfg.patch_size, cfg.in_channels, cfg.dim, cfg.dropout)
+        self.encoder = Encoder(cfg)
+        self.apply(lambda m: init_weights(m, cfg.init_std))
+        nn.init.trunc_normal_(self.embeddings.cls_token, std=cfg.init_std)
+        nn.init.trunc_normal_(self.embeddings.position, std=cfg.init_std)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None) -> ViTOutput:
+        """pixel_values: (B, C, H, W). Another image size than ``cfg.image_size`` has its positions
+        interpolated, unless ``interpolate_pos_encoding=False`` (then it is an error)."""
+        x = self.embeddings(pixel_values, interpolate=interpolate_pos_encoding is not False)  # (B, 1+N, D)
+        x = self.encoder(x)
+        pooled = x[:, 0] if self.config.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
+        return ViTOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+class ViTForImageClassification(nn.Module):
+    """ViT with a linear head on the pooled token.
+
+    Parameter names follow layers: ``vit.embeddings.*`` (layer 0), ``vit.encoder.blocks.{i}.*``
+    (layer i+1), then ``vit.encoder.norm.*`` and ``head.*`` (layer depth+1), which is what
+    layer-wise learning-rate decay and freezing key on.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.num_classes is None:
+            raise ValueError("ViTConfig.num_classes must be set (it is taken from the data)")
+        self.config = cfg
+        self.vit = ViTModel(cfg)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        init_weights(self.head, cfg.init_std)
+
+    def backbone_stages(self) -> list[nn.Module]:
+        """The encoder blocks, first to last (for freezing all but the last N)."""
+        return list(self.vit.encoder.blocks)
+
+    def forward(self, pixel_values: torch.Tensor,
+                interpolate_pos_encoding: bool | None = None) -> ImageClassifierOutput:
+        out = self.vit(pixel_values, interpolate_pos_encoding)
+        return ImageClassifierOutput(logits=self.head(out.pooler_output), last_hidden_state=out.last_hidden_state)
