@@ -36,6 +36,7 @@ class ImageClassificationTask:
         else:
             pixel_values = self.augmenter.eval(batch["pixel_values"])
             targets = F.one_hot(labels, self.num_classes).float()
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)  # faster convolutions
         return {"pixel_values": pixel_values, "targets": targets, "labels": labels}
 
     def loss(self, model, local: dict, full: dict):
@@ -156,7 +157,7 @@ def train_classifier(cfg: ImageClassificationConfig, resume: bool = False) -> di
             distributed.barrier()
         num_classes = len(data.class_names)
         torch.manual_seed(cfg.train.seed)
-        model = initial_image_model(cfg, num_classes)
+        model = initial_image_model(cfg, num_classes).to(memory_format=torch.channels_last)
         augmenter = Augmenter(cfg.augment, cfg.data.mean, cfg.data.std, num_classes, cfg.model.image_size)
         task = ImageClassificationTask(data.train, data.val, augmenter, num_classes, cfg.finetune,
                                        cfg.train.weight_decay)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from xformer.errors import XformerError
 
@@ -44,3 +47,48 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
                 return load_file(path)
             return torch.load(path, map_location="cpu", weights_only=True)
     raise XformerError(f"{model_dir}: no weights found; expected {' or '.join(WEIGHT_FILES)}")
+
+
+def encoder_fields_from_hf(hf_config, family: str) -> dict:
+    """The shared encoder vocabulary (dim, depth, num_heads, ...) read from an HF BERT-style config."""
+    act = hf_config.hidden_act
+    if not isinstance(act, str) or act not in ACT_FROM_HF:
+        raise XformerError(f"HF {family} hidden_act={act!r} is not supported; expected one of {', '.join(ACT_FROM_HF)}")
+    return {
+        "dim": hf_config.hidden_size,
+        "depth": hf_config.num_hidden_layers,
+        "num_heads": hf_config.num_attention_heads,
+        "mlp_ratio": hf_config.intermediate_size / hf_config.hidden_size,
+        "dropout": hf_config.hidden_dropout_prob,
+        "attn_dropout": hf_config.attention_probs_dropout_prob,
+        "norm_eps": hf_config.layer_norm_eps,
+        "act": ACT_FROM_HF[act],
+        "init_std": hf_config.initializer_range,
+    }
+
+
+def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor], tokenizer=None) -> Path:
+    """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically.
+
+    It is written to a temporary directory next to ``out_dir`` and renamed into place, so it is never
+    seen half-written. Raises XformerError when ``out_dir`` exists and is not an empty directory.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        hf_config.save_pretrained(tmp)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import save_file
 from torch import nn
 
 from xformer.config import BertConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
-    ACT_FROM_HF,
     ACT_TO_HF,
+    encoder_fields_from_hf,
     fetch_from_hub,
     read_weights,
+    write_hf_dir,
 )
 from xformer.models.bert import BertForPreTraining, BertModel
 
@@ -52,25 +49,14 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
         raise XformerError(f"HF BERT position_embedding_type={position_type!r} is not supported (only 'absolute')")
     if hf_config.is_decoder or getattr(hf_config, "add_cross_attention", False):
         raise XformerError("HF BERT configured as a decoder (is_decoder / add_cross_attention) is not supported")
-    act = hf_config.hidden_act
-    if not isinstance(act, str) or act not in ACT_FROM_HF:
-        raise XformerError(f"HF BERT hidden_act={act!r} is not supported; expected one of {', '.join(ACT_FROM_HF)}")
     return BertConfig(
-        dim=hf_config.hidden_size,
-        depth=hf_config.num_hidden_layers,
-        num_heads=hf_config.num_attention_heads,
-        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
-        dropout=hf_config.hidden_dropout_prob,
-        attn_dropout=hf_config.attention_probs_dropout_prob,
+        **encoder_fields_from_hf(hf_config, "BERT"),
         norm_first=False,
-        norm_eps=hf_config.layer_norm_eps,
         qkv_bias=True,
-        act=ACT_FROM_HF[act],
         vocab_size=hf_config.vocab_size,
         max_position=hf_config.max_position_embeddings,
         type_vocab_size=hf_config.type_vocab_size,
         pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
-        init_std=hf_config.initializer_range,
     )
 
 
@@ -287,25 +273,7 @@ def export_bert(model: BertForPreTraining, out_dir: str | Path,
     """
     if not isinstance(model, BertForPreTraining):
         raise XformerError(f"export_bert expects an xformer BertForPreTraining, got {type(model).__name__}")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
     hf_config = config_to_hf(model.config)
     state = state_dict_to_hf(model.state_dict(), model.config)
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in _TIED_HF_KEYS}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        hf_config.save_pretrained(tmp)
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    state = {k: v for k, v in state.items() if k not in _TIED_HF_KEYS}
+    return write_hf_dir(out_dir, hf_config, state, tokenizer)

@@ -10,23 +10,20 @@ is written. Keys may lack the ``vit.`` prefix (an HF ``ViTModel``); the head is 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import save_file
 
 from xformer.config import ViTConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
-    ACT_FROM_HF,
     ACT_TO_HF,
+    encoder_fields_from_hf,
     fetch_from_hub,
     read_weights,
+    write_hf_dir,
 )
 from xformer.models.vit import ViTForImageClassification
 
@@ -64,26 +61,15 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> ViTConfig:
     if image[0] != image[1] or patch[0] != patch[1]:
         raise XformerError(f"HF ViT image_size={hf_config.image_size}, patch_size={hf_config.patch_size}: "
                            "only square images and patches are supported")
-    act = hf_config.hidden_act
-    if not isinstance(act, str) or act not in ACT_FROM_HF:
-        raise XformerError(f"HF ViT hidden_act={act!r} is not supported; expected one of {', '.join(ACT_FROM_HF)}")
     return ViTConfig(
-        dim=hf_config.hidden_size,
-        depth=hf_config.num_hidden_layers,
-        num_heads=hf_config.num_attention_heads,
-        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
-        dropout=hf_config.hidden_dropout_prob,
-        attn_dropout=hf_config.attention_probs_dropout_prob,
+        **encoder_fields_from_hf(hf_config, "ViT"),
         norm_first=True,
-        norm_eps=hf_config.layer_norm_eps,
         qkv_bias=hf_config.qkv_bias,
-        act=ACT_FROM_HF[act],
         image_size=image[0],
         patch_size=patch[0],
         in_channels=hf_config.num_channels,
         num_classes=hf_config.num_labels,
         pool="cls",
-        init_std=hf_config.initializer_range,
     )
 
 
@@ -271,23 +257,5 @@ def export_vit(model: ViTForImageClassification, out_dir: str | Path,
     """
     if not isinstance(model, ViTForImageClassification):
         raise XformerError(f"export_vit expects an xformer ViTForImageClassification, got {type(model).__name__}")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
     hf_config = config_to_hf(model.config, class_names)
-    state = state_dict_to_hf(model.state_dict(), model.config)
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        hf_config.save_pretrained(tmp)
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_hf_dir(out_dir, hf_config, state_dict_to_hf(model.state_dict(), model.config))
