@@ -166,3 +166,23 @@ def test_cli_eval_export_and_bad_inputs(image_parquet, tmp_path):
     pq.write_table(pa.table({"img": imgs, "label": labels}), mixed)
     bad("--set", f"data.source={mixed}", "--set", "data.val_size=2", expect="image_size")
     bad("--set", "augment.policy=autoaugment", expect="augment.policy")
+
+
+def test_hf_resnet_transfer_with_last_stage_unfrozen(image_parquet, tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    hf_dir = tmp_path / "resnet"
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                              num_labels=3)).save_pretrained(hf_dir)
+    cfg = image_config(image_parquet, tmp_path, "model.arch=hf_image", f"model.init=hf:{hf_dir}",
+                       "train.max_steps=3", "finetune.freeze=all_but_last", "finetune.unfreeze_last=1")
+    train_classifier(cfg)
+    end = load_file(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    start = ResNetForImageClassification.from_pretrained(hf_dir).state_dict()
+    stages = "hf.resnet.encoder.stages."
+    for name, after in end.items():
+        hf_name = name[len("hf."):]
+        if hf_name not in start or start[hf_name].shape != after.shape or "running_" in name or "num_batches" in name:
+            continue  # the new 4-class head; BatchNorm statistics move in train mode even when frozen
+        trainable = name.startswith(stages + "1.")
+        assert (not torch.equal(start[hf_name], after)) == trainable, name

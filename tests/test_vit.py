@@ -201,7 +201,7 @@ def test_mean_pooling_and_layer_names():
 def test_hf_image_classifier_parts(tmp_path):
     model = build_model(HFImageConfig(init=f"hf:{tiny_resnet_dir(tmp_path)}", num_classes=3))
     assert model.training
-    assert model.head_parameter_names() == ["hf.classifier.1.weight", "hf.classifier.1.bias"]
+    assert [n for n, _ in model.head.named_parameters()] == ["1.weight", "1.bias"]
     assert model.backbone_stages() == list(model.hf.resnet.encoder.stages)
     assert model(images(32, batch=2)).logits.shape == (2, 3)
 

@@ -63,19 +63,20 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
             block = re.match(r"vit\.encoder\.blocks\.(\d+)\.", n)
             ids[n] = 0 if n.startswith("vit.embeddings.") else int(block[1]) + 1 if block else depth + 1
         return ids, depth
-    if hasattr(model, "backbone_stages"):  # an HF image classifier
+    if hasattr(model, "backbone_stages"):  # the CNN, an HF image classifier: stages of the backbone
         stages = model.backbone_stages()
         by_param = {id(p): i + 1 for i, stage in enumerate(stages) for p in stage.parameters()}
-        head = {id(p) for p in model.head_parameters()}
+        head = {id(p) for p in head_parameters(model)}
         params = dict(model.named_parameters())
         ids = {n: len(stages) + 1 if id(params[n]) in head else by_param.get(id(params[n]), 0) for n in names}
         return ids, len(stages)
     raise XformerError(f"finetune.freeze=all_but_last and finetune.layer_decay need a model made of blocks "
-                       f"(model.arch vit or hf_image), not {type(model).__name__}")
+                       f"or stages, not {type(model).__name__}")
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.head_parameters()) if hasattr(model, "head_parameters") else list(model.head.parameters())
+    """The classification head's parameters (every image model has a ``head`` module)."""
+    return list(model.head.parameters())
 
 
 def finetune_param_groups(model: nn.Module, cfg: FinetuneConfig, weight_decay: float) -> list[dict]:

@@ -62,10 +62,6 @@ class HFImageClassifier(nn.Module):
         """The classification head (e.g. ``classifier``; for ResNet a Sequential(Flatten, Linear))."""
         return getattr(self.hf, self.head_name)
 
-    def head_parameter_names(self) -> list[str]:
-        """Names (as in ``self.named_parameters()``) of the head's parameters."""
-        return [f"hf.{self.head_name}.{name}" for name, _ in self.head.named_parameters()]
-
     def backbone_stages(self) -> list[nn.Module]:
         """The backbone's main stages, first to last (ResNet: ``resnet.encoder.stages``)."""
         base = self.hf.base_model
