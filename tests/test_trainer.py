@@ -98,3 +98,17 @@ def test_schedule_warmup_then_decay():
     assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
     g = lr_lambda(TrainConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.1), 100)
     assert g(0) == pytest.approx(1.0) and g(50) == pytest.approx(0.55) and g(100) == pytest.approx(0.1)
+
+
+def test_pretraining_continues_from_an_exported_hf_checkpoint(tiny_config, tmp_path):
+    from xformer.interop.hf_bert import export_bert
+    from xformer.loading import load, load_tokenizer
+
+    pretrain(tiny_config("train.max_steps=40"))
+    export_bert(load(tmp_path / "run"), tmp_path / "hf", tokenizer=load_tokenizer(tmp_path / "run"))
+    fresh = tiny_config("train.max_steps=1", f"out_dir={tmp_path / 'fresh'}")
+    pretrain(fresh)
+    warm = tiny_config("train.max_steps=1", f"model.init=hf:{tmp_path / 'hf'}", f"out_dir={tmp_path / 'warm'}")
+    pretrain(warm)
+    assert warm.data.tokenizer.path == str(tmp_path / "hf")  # the checkpoint's own vocabulary
+    assert train_losses(tmp_path / "warm")[1] < train_losses(tmp_path / "fresh")[1] - 0.2
