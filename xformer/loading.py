@@ -36,7 +36,9 @@ def _kind(path: Path) -> str:
 def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     config_file = ckpt / "config.yaml"
     model_cfg = parse_config(load_yaml(config_file), str(config_file)).model
-    model = build_model(model_cfg.model_copy(update={"attn_backend": attn_backend}))
+    if "attn_backend" in type(model_cfg).model_fields:  # transformer models; the CNN has none
+        model_cfg = model_cfg.model_copy(update={"attn_backend": attn_backend})
+    model = build_model(model_cfg)
     try:
         load_model(model, ckpt / "model.safetensors")
     except RuntimeError as err:
