@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,14 +38,10 @@ from xformer.data.image_sources import (
     open_reader,
     resolve_image_source,
 )
-from xformer.data.pretraining import default_cache_dir
+from xformer.data.pretraining import default_cache_dir, log
 from xformer.errors import XformerError
 
 FORMAT_VERSION = 1
-
-
-def _log(msg: str) -> None:
-    print(f"[data] {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -122,10 +117,10 @@ def _load_source(src: ImageSource, cfg: ImageDataConfig, root: Path) -> tuple[to
     settings = [FORMAT_VERSION, reader.identity, cfg.image_size, cfg.max_images]
     path = root / "images" / f"{src.kind}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]}"
     if path.is_dir():
-        _log(f"using cached images {path}")
+        log(f"using cached images {path}")
     else:
         t0 = time.perf_counter()
-        _log(f"decoding {reader.count} images from {described} ...")
+        log(f"decoding {reader.count} images from {described} ...")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
@@ -136,7 +131,7 @@ def _load_source(src: ImageSource, cfg: ImageDataConfig, root: Path) -> tuple[to
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
+        log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
     meta = json.loads((path / "meta.json").read_text())
     images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))  # copy-on-write map: no read yet
     return images, np.load(path / "labels.npy"), meta["class_names"]
@@ -219,7 +214,7 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None) -> Imag
         val = _other_split(val_src, cfg, root, classes, names is not None, train.images.shape[1:])
     test = _other_split(test_src, cfg, root, classes, names is not None, train.images.shape[1:]) if test_src else None
     sizes = ", ".join(f"{n} {len(d)}" for n, d in (("train", train), ("val", val), ("test", test)) if d is not None)
-    _log(f"images: {sizes}; {len(classes)} classes; {tuple(train.images.shape[1:])} each")
+    log(f"images: {sizes}; {len(classes)} classes; {tuple(train.images.shape[1:])} each")
     return ImageData(train, val, test, [str(c) for c in classes])
 
 

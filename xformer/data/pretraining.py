@@ -49,7 +49,8 @@ from xformer.errors import XformerError
 FORMAT_VERSION = 1
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """A progress line on stderr for the long data steps."""
     print(f"[data] {msg}", file=sys.stderr, flush=True)
 
 
@@ -308,11 +309,11 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
 
     def read() -> tuple[list[str], np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
-        _log(f"reading {cfg.source} ...")
+        log(f"reading {cfg.source} ...")
         docs = read_documents(cfg.source, cfg.text_column, cfg.split, cfg.max_documents)
         train_ids, val_ids = holdout_split(len(docs), cfg.val_documents, cfg.seed)
         chars = sum(map(len, docs))
-        _log(f"read {len(docs)} documents ({chars / 1e6:.1f}M chars) in {time.perf_counter() - t0:.1f}s")
+        log(f"read {len(docs)} documents ({chars / 1e6:.1f}M chars) in {time.perf_counter() - t0:.1f}s")
         return docs, train_ids, val_ids
 
     if cfg.tokenizer.path is None and not tokenizer_cache_path(cfg.tokenizer, root, corpus_key).is_dir():
@@ -323,7 +324,7 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
 
     path = root / "pretraining" / _examples_key(cfg, corpus, tokenizer)
     if path.is_dir():
-        _log(f"using cached examples {path}")
+        log(f"using cached examples {path}")
     else:
         if documents is None:
             documents, train_ids, val_ids = read()
@@ -338,15 +339,15 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
             tokenized = tokenize_documents([documents[i] for i in ids], tokenizer)
             t1 = time.perf_counter()
             sentences, tokens = len(tokenized.sent_starts) - 1, len(tokenized.tokens)
-            _log(f"{split}: {sentences} sentences, {tokens} tokens in {t1 - t0:.1f}s")
+            log(f"{split}: {sentences} sentences, {tokens} tokens in {t1 - t0:.1f}s")
             examples = create_examples(
                 tokenized, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp_random_prob, cfg.dupe_factor, cfg.seed
             )
             write_examples(tmp / split, tokenized, examples, ids, tokenizer, dict(meta, documents=len(ids)))
-            _log(f"{split}: {len(examples)} examples in {time.perf_counter() - t1:.1f}s")
+            log(f"{split}: {len(examples)} examples in {time.perf_counter() - t1:.1f}s")
         try:
             os.rename(tmp, path)  # atomic: the cache holds complete examples or none
         except OSError:  # another process cached them first
             shutil.rmtree(tmp, ignore_errors=True)
-        _log(f"cached examples in {path}")
+        log(f"cached examples in {path}")
     return PretrainingData(PretrainingDataset(path / "train"), PretrainingDataset(path / "val"), tokenizer, path)

@@ -67,6 +67,21 @@ def encoder_fields_from_hf(hf_config, family: str) -> dict:
     }
 
 
+def encoder_fields_to_hf(cfg) -> dict:
+    """The shared encoder vocabulary as HF BERT-style config keys; inverse of :func:`encoder_fields_from_hf`."""
+    return {
+        "hidden_size": cfg.dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.mlp_dim,
+        "hidden_act": ACT_TO_HF[cfg.act],
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attn_dropout,
+        "initializer_range": cfg.init_std,
+        "layer_norm_eps": cfg.norm_eps,
+    }
+
+
 def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor], tokenizer=None) -> Path:
     """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically.
 

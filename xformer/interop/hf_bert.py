@@ -19,8 +19,8 @@ from torch import nn
 from xformer.config import BertConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
-    ACT_TO_HF,
     encoder_fields_from_hf,
+    encoder_fields_to_hf,
     fetch_from_hub,
     read_weights,
     write_hf_dir,
@@ -71,17 +71,9 @@ def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
         raise XformerError("model.vocab_size must be set to convert the config to HF")
     return transformers.BertConfig(
         vocab_size=cfg.vocab_size,
-        hidden_size=cfg.dim,
-        num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.mlp_dim,
-        hidden_act=ACT_TO_HF[cfg.act],
-        hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.attn_dropout,
+        **encoder_fields_to_hf(cfg),
         max_position_embeddings=cfg.max_position,
         type_vocab_size=cfg.type_vocab_size,
-        initializer_range=cfg.init_std,
-        layer_norm_eps=cfg.norm_eps,
         pad_token_id=cfg.pad_token_id,
         architectures=["BertForPreTraining"],
     )

@@ -19,8 +19,8 @@ import transformers
 from xformer.config import ViTConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
-    ACT_TO_HF,
     encoder_fields_from_hf,
+    encoder_fields_to_hf,
     fetch_from_hub,
     read_weights,
     write_hf_dir,
@@ -90,15 +90,7 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transf
         raise XformerError(f"{len(class_names)} class names for a model with {cfg.num_classes} classes")
     names = class_names if class_names is not None else [f"LABEL_{i}" for i in range(cfg.num_classes)]
     return transformers.ViTConfig(
-        hidden_size=cfg.dim,
-        num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.mlp_dim,
-        hidden_act=ACT_TO_HF[cfg.act],
-        hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.attn_dropout,
-        initializer_range=cfg.init_std,
-        layer_norm_eps=cfg.norm_eps,
+        **encoder_fields_to_hf(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         num_channels=cfg.in_channels,
