@@ -82,6 +82,21 @@ def encoder_fields_to_hf(cfg) -> dict:
     }
 
 
+def fuse_qkv(src: dict[str, torch.Tensor], cfg, qkv_keys, out: dict, used: set) -> list[str]:
+    """Concatenate HF's separate query/key/value tensors of every block into our fused ``qkv`` (rows
+    ``[q; k; v]``), adding them to ``out`` and their HF names to ``used``; returns the HF names missing.
+    ``qkv_keys(i, param)`` gives (our key, [hf q, hf k, hf v]) for block ``i``."""
+    missing = []
+    for i in range(cfg.depth):
+        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            ours, parts = qkv_keys(i, param)
+            missing += [p for p in parts if p not in src]
+            if all(p in src for p in parts):
+                out[ours] = torch.cat([src[p] for p in parts])
+                used.update(parts)
+    return missing
+
+
 def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor], tokenizer=None) -> Path:
     """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically.
 

@@ -22,6 +22,7 @@ from xformer.interop.common import (
     encoder_fields_from_hf,
     encoder_fields_to_hf,
     fetch_from_hub,
+    fuse_qkv,
     read_weights,
     write_hf_dir,
 )
@@ -149,13 +150,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
 
     for ours, hf in _encoder_keys(cfg):
         take(ours, hf, required=True)
-    for i in range(cfg.depth):
-        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            ours, parts = _qkv_keys(i, param)
-            missing += [p for p in parts if p not in src]
-            if all(p in src for p in parts):
-                out[ours] = torch.cat([src[p] for p in parts])
-                used.update(parts)
+    missing += fuse_qkv(src, cfg, _qkv_keys, out, used)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise XformerError(f"not a BERT checkpoint for this config: it lacks {', '.join(missing[:3])}{more}")
