@@ -61,7 +61,7 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
         ids = {}
         for n in names:
             block = re.match(r"vit\.encoder\.blocks\.(\d+)\.", n)
-            ids[n] = 0 if n.startswith("vit.embeddings.") else int(block[1]) + 1 if block else depth + 1
+            ids[n] = 0 if n.startswith(("vit.embeddings.", "vit.norm_pre.")) else int(block[1]) + 1 if block else depth + 1
         return ids, depth
     if hasattr(model, "backbone_stages"):  # the CNN, an HF image classifier: stages of the backbone
         stages = model.backbone_stages()

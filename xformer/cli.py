@@ -1,4 +1,5 @@
-"""The ``xformer`` command: ``train`` / ``pretrain`` / ``finetune`` a recipe, ``eval`` and ``export`` a run.
+"""The ``xformer`` command: ``train`` / ``pretrain`` / ``finetune`` a recipe; ``eval``, ``zeroshot``,
+``retrieval`` and ``export`` a run.
 
 Problems with the user's input are printed as one ``error:`` line with exit code 2.
 """
@@ -16,6 +17,7 @@ from xformer.errors import XformerError
 def run_recipe(args: argparse.Namespace, command: str) -> None:
     from xformer.config import (
         BertPretrainingConfig,
+        ContrastiveConfig,
         ImageClassificationConfig,
         load_recipe,
     )
@@ -25,18 +27,41 @@ def run_recipe(args: argparse.Namespace, command: str) -> None:
         cfg.out_dir = args.out
     if command == "pretrain" and not isinstance(cfg, BertPretrainingConfig):
         raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
-    if command == "finetune" and getattr(cfg.model, "init", None) is None:
+    if command == "finetune" and not _has_init(cfg.model):
         raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
     if isinstance(cfg, ImageClassificationConfig):
         from xformer.classify import train_classifier
 
         result = train_classifier(cfg, resume=args.resume)
+    elif isinstance(cfg, ContrastiveConfig):
+        from xformer.contrastive import train_clip
+
+        result = train_clip(cfg, resume=args.resume)
     else:
         from xformer.pretrain import pretrain
 
         result = pretrain(cfg, resume=args.resume)
     val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items())
     print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
+
+
+def _has_init(model_cfg) -> bool:
+    towers = [getattr(model_cfg, t, None) for t in ("vision", "text")]
+    return any(getattr(m, "init", None) is not None for m in (model_cfg, *towers))
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> None:
+    from xformer.zeroshot import CIFAR10_TEMPLATES, zeroshot_run
+
+    templates = args.template or CIFAR10_TEMPLATES
+    zeroshot_run(args.run_dir, args.data, args.split, classes=args.classes, templates=templates,
+                 max_images=args.max_images)
+
+
+def cmd_retrieval(args: argparse.Namespace) -> None:
+    from xformer.zeroshot import retrieval_run
+
+    retrieval_run(args.run_dir, args.data, args.split)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -61,8 +86,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         export_bert(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
         kind = "BertForPreTraining"
+    elif hasattr(model, "encode_text"):
+        from xformer.interop.hf_clip import export_clip
+        from xformer.loading import load_tokenizer
+
+        export_clip(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
+        kind = "CLIPModel"
     else:
-        raise XformerError(f"{args.run_dir}: no HF export for {type(model).__name__} (BERT and ViT runs export)")
+        raise XformerError(f"{args.run_dir}: no HF export for {type(model).__name__} (BERT, ViT and CLIP runs export)")
     print(f"exported {args.run_dir} to {args.out_dir} (transformers.{kind} format)")
 
 
@@ -86,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="HF dataset name, Parquet files/globs or an image folder")
     p.add_argument("--split", help="split of an HF dataset (default: train)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("zeroshot", help="zero-shot classification with an image-text (CLIP) run")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--data", default="../shared/data/cifar10/train.parquet",
+                   help="labelled images: HF dataset name, Parquet files/globs or an image folder "
+                        "(default: %(default)s)")
+    p.add_argument("--split", default="test", help="split of an HF dataset (default: test)")
+    p.add_argument("--classes", nargs="+", help="class names (default: the dataset's)")
+    p.add_argument("--template", action="append", help="a prompt template with {c} (repeatable; default: "
+                   "the 18 CIFAR-10 templates of clip_benchmark)")
+    p.add_argument("--max-images", type=int, help="the first N images only")
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("retrieval", help="image<->text retrieval recall@1/5/10 with an image-text (CLIP) run")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--data", required=True, help="image-caption pairs: HF dataset name or Parquet files/globs")
+    p.add_argument("--split", default="test", help="split of an HF dataset (default: test)")
+    p.set_defaults(func=cmd_retrieval)
 
     p = sub.add_parser("export", help="export a run to HF transformers format")
     p.add_argument("run_dir", help="run directory or checkpoint directory")

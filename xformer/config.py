@@ -8,6 +8,7 @@ valid ones (see :func:`load_recipe`).
 from __future__ import annotations
 
 import difflib
+import math
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -68,6 +69,8 @@ class ViTConfig(EncoderConfig):
     in_channels: int = Field(3, gt=0)
     num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
     pool: Literal["cls", "mean"] = "cls"
+    pre_norm: bool = Field(False, description="LayerNorm on the embedded tokens before the encoder (CLIP)")
+    patch_bias: bool = True
     norm_first: bool = True
     norm_eps: float = 1e-6
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -102,12 +105,47 @@ class HFImageConfig(Section):
     num_classes: int | None = Field(None, gt=0)
 
 
+class TextConfig(EncoderConfig):
+    """A text encoder for CLIP: token embeddings + the shared encoder, pooled at the last real token
+    (``pool="eot"``, with ``causal=True`` as in CLIP) or at the first one (``pool="cls"``, bidirectional,
+    as BERT). ``init`` starts it from a BERT (our run or ``hf:``); the architecture then comes from there."""
+
+    vocab_size: int | None = Field(None, gt=0, description="None: taken from the tokenizer")
+    max_position: int = Field(77, gt=0)
+    type_vocab_size: int = Field(0, ge=0, description="0: no segment embeddings (CLIP); BERT has 2")
+    pad_token_id: int = 0
+    causal: bool = True
+    pool: Literal["eot", "cls"] = "eot"
+    norm_first: bool = True
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+    init_std: float = 0.02
+    init: str | None = Field(None, description="a BERT: hf:<dir or hub id>, a run dir or a checkpoint")
+
+
+class ClipConfig(Section):
+    """CLIP-style dual encoder: a ViT image tower and a text tower, each with a linear projection into a
+    joint ``embed_dim`` space, and a learnable temperature. ``init`` loads a whole CLIP (``hf:`` or a run);
+    ``vision.init`` / ``text.init`` load one tower each."""
+
+    arch: Literal["clip"] = "clip"
+    vision: ViTConfig = ViTConfig(image_size=64, patch_size=8, dim=256, depth=6, num_heads=4, pre_norm=True,
+                                  norm_eps=1e-5)
+    text: TextConfig = TextConfig(dim=256, depth=4, num_heads=4)
+    embed_dim: int = Field(256, gt=0)
+    logit_scale_init: float = Field(math.log(1 / 0.07), description="log of the initial inverse temperature")
+    logit_scale_max: float = Field(math.log(100), description="the log scale is clamped here")
+    lock_image: bool = Field(False, description="freeze the image tower, projection included (LiT)")
+    init: str | None = Field(None, description="a CLIP: hf:<dir or hub id>, a run dir or a checkpoint")
+
+
 def _arch_tag(value: Any) -> str:
     return value.get("arch", "vit") if isinstance(value, dict) else getattr(value, "arch", "vit")
 
 
 ImageModelConfig = Annotated[
-    Union[Annotated[ViTConfig, Tag("vit")], Annotated[CNNConfig, Tag("cnn")], Annotated[HFImageConfig, Tag("hf_image")]],
+    Annotated[ViTConfig, Tag("vit")] | Annotated[CNNConfig, Tag("cnn")] | Annotated[HFImageConfig, Tag("hf_image")],
     Discriminator(_arch_tag),
 ]
 
@@ -177,6 +215,46 @@ class AugmentConfig(Section):
     cutmix_alpha: float = Field(0.0, ge=0)
     mix_prob: float = Field(1.0, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class CaptionDataConfig(Section):
+    """Image-caption pairs (Parquet with an image column and a caption column of strings or lists of
+    strings, or an HF dataset name) and the tokenizer for the captions."""
+
+    source: str | list[str] | None = Field(None, description="HF dataset name or Parquet files/globs")
+    split: str = "train"
+    image_column: str | None = Field(None, description="None: auto-detect (image, img, ...)")
+    caption_column: str | None = Field(None, description="None: auto-detect (captions, caption, text, ...)")
+    val_source: str | list[str] | None = Field(None, description="None: carve val_size images from source")
+    val_split: str | None = None
+    val_size: int = Field(500, ge=0)
+    image_size: int | None = Field(None, gt=0, description="resize when decoding; None: keep (all equal)")
+    max_images: int | None = Field(None, gt=0)
+    max_text_len: int = Field(32, ge=4)
+    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=8000, train_documents=None)
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    cache_dir: str | None = None
+    seed: int = 0
+
+
+class ClipAugmentConfig(Section):
+    """Training-time image augmentation for contrastive training (on the device)."""
+
+    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range; (1, 1): off")
+    hflip: bool = False
+
+
+class ZeroShotConfig(Section):
+    """Evaluation during training: zero-shot classification and retrieval on an image-caption split."""
+
+    source: str | list[str] | None = Field(None, description="labelled images (e.g. CIFAR-10); None: skip")
+    split: str = "test"
+    max_images: int | None = Field(None, gt=0, description="the first N images only")
+    classes: list[str] | None = Field(None, description="None: the dataset's class names")
+    templates: list[str] | None = Field(None, description="None: the CIFAR-10 templates; '{c}' is the class")
+    retrieval: bool = Field(True, description="image<->text recall@K on the validation split")
+    batch_size: int = Field(256, gt=0)
 
 
 class FinetuneConfig(Section):
@@ -258,9 +336,20 @@ class ImageClassificationConfig(RunConfig):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
+class ContrastiveConfig(RunConfig):
+    """CLIP-style contrastive training on image-caption pairs, with zero-shot and retrieval evaluation."""
+
+    task: Literal["contrastive"] = "contrastive"
+    model: ClipConfig = ClipConfig()
+    data: CaptionDataConfig = CaptionDataConfig()
+    augment: ClipAugmentConfig = ClipAugmentConfig()
+    eval: ZeroShotConfig = ZeroShotConfig()
+
+
 TASKS: dict[str, type[RunConfig]] = {
     "bert_pretraining": BertPretrainingConfig,
     "image_classification": ImageClassificationConfig,
+    "contrastive": ContrastiveConfig,
 }
 
 

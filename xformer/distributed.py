@@ -60,6 +60,17 @@ def all_reduce_sums(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, stacked.tolist()))
 
 
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate every process's ``x`` (B, ...) along dim 0 -> (world_size * B, ...), and the offset of this
+    process's rows. Gradients flow back to every process's own part, so a loss over the gathered rows
+    trains as if one process held the whole batch. Every process must pass the same B."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.size(0)
+
+
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """Rank 0's decision (e.g. 'time is up'), shared so every process stops at the same step."""
     if not dist.is_initialized():

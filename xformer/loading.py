@@ -1,10 +1,11 @@
-"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face BERT models.
+"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face BERT and CLIP models.
 
 HF conversion (and the transformers import it needs) happens only for HF inputs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors.torch import load_model
@@ -16,7 +17,8 @@ from xformer.errors import XformerError
 from xformer.models import build_model
 
 EXPECTED = ("expected an xformer run directory (config.yaml + checkpoints/), a checkpoint directory "
-            "(model.safetensors + config.yaml), an HF BERT or sentence-transformers directory, or hf:<dir or hub id>")
+            "(model.safetensors + config.yaml), an HF BERT, CLIP or sentence-transformers directory, "
+            "or hf:<dir or hub id>")
 
 
 def _kind(path: Path) -> str:
@@ -38,6 +40,9 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     model_cfg = parse_config(load_yaml(config_file), str(config_file)).model
     if "attn_backend" in type(model_cfg).model_fields:  # transformer models; the CNN has none
         model_cfg = model_cfg.model_copy(update={"attn_backend": attn_backend})
+    elif model_cfg.arch == "clip":  # both towers
+        model_cfg = model_cfg.model_copy(update={t: getattr(model_cfg, t).model_copy(update={"attn_backend": attn_backend})
+                                                 for t in ("vision", "text")})
     model = build_model(model_cfg)
     try:
         load_model(model, ckpt / "model.safetensors")
@@ -45,6 +50,25 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
         reason = str(err).strip().splitlines()[0]
         raise XformerError(f"{ckpt / 'model.safetensors'} does not match {config_file}: {reason}") from None
     return model.eval()
+
+
+def _load_hf(source: str, attn_backend: str) -> nn.Module:
+    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, else BERT."""
+    from xformer.interop.common import fetch_from_hub
+
+    folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
+    config_file = folder / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        raise XformerError(f"{config_file}: not a JSON object; expected an HF config.json") from None
+    if model_type == "clip":
+        from xformer.interop.hf_clip import load_hf_clip
+
+        return load_hf_clip(str(folder), attn_backend=attn_backend)
+    from xformer.interop.hf_bert import load_hf_bert
+
+    return load_hf_bert(str(folder), attn_backend=attn_backend)
 
 
 def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
@@ -58,21 +82,18 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
     - an xformer run directory (``config.yaml`` + ``checkpoints/step_*``): its latest checkpoint;
     - an xformer checkpoint directory (``model.safetensors`` + ``config.yaml``);
     - an HF BERT directory or sentence-transformers folder, or ``hf:<dir or hub id>``: see
-      :func:`xformer.interop.load_hf_bert` (``BertForPreTraining`` with heads, else ``BertModel``).
+      :func:`xformer.interop.load_hf_bert` (``BertForPreTraining`` with heads, else ``BertModel``);
+      an HF CLIP (``model_type`` "clip" in its config.json): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
     Anything else raises XformerError naming the path.
     """
     text = str(path)
     if text.startswith("hf:"):
-        from xformer.interop.hf_bert import load_hf_bert
-
-        return load_hf_bert(text[3:], attn_backend=attn_backend)
+        return _load_hf(text[3:], attn_backend)
     path = Path(path)
     kind = _kind(path)
     if kind == "hf":
-        from xformer.interop.hf_bert import load_hf_bert
-
-        return load_hf_bert(str(path), attn_backend=attn_backend)
+        return _load_hf(str(path), attn_backend)
     if kind == "run":
         ckpt = latest_checkpoint(path)
         if ckpt is None:

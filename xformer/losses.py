@@ -93,3 +93,46 @@ def classification_loss(
 def classification_metrics(counts: dict[str, float]) -> dict[str, float]:
     n = max(counts["n"], 1)
     return {"loss": counts["loss_sum"] / n, "acc": counts["correct"] / n}
+
+
+def contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    normalizer: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CLIP's symmetric cross-entropy: each image against every text of the batch and each text against
+    every image, the matching pair being the target; the mean of the two directions.
+
+    Args:
+        image_embeds, text_embeds: (B, E) unit-length embeddings of this process's B pairs. Under
+            data parallelism both are gathered from every process (:func:`~xformer.distributed.gather_with_grad`,
+            gradients flow back to each process's own rows) and this process's targets are offset by
+            its rank, so its B rows score against all N pairs.
+        logit_scale: the (clamped) inverse temperature.
+        normalizer: what the summed losses are divided by; default B (pass N, the global batch, under DDP).
+    """
+    from xformer.distributed import gather_with_grad
+
+    all_images, offset = gather_with_grad(image_embeds)  # (N, E)
+    all_texts, _ = gather_with_grad(text_embeds)  # (N, E)
+    logits_per_image = logit_scale * image_embeds.float() @ all_texts.float().t()  # (B, N)
+    logits_per_text = logit_scale * text_embeds.float() @ all_images.float().t()  # (B, N)
+    targets = torch.arange(image_embeds.size(0), device=image_embeds.device) + offset  # (B,)
+    i2t_sum = F.cross_entropy(logits_per_image, targets, reduction="sum")
+    t2i_sum = F.cross_entropy(logits_per_text, targets, reduction="sum")
+    loss = (i2t_sum + t2i_sum) / (2 * (targets.numel() if normalizer is None else normalizer))
+    with torch.no_grad():
+        counts = {
+            "loss_sum": (i2t_sum + t2i_sum).detach() / 2,
+            "i2t_correct": (logits_per_image.argmax(-1) == targets).sum(),
+            "t2i_correct": (logits_per_text.argmax(-1) == targets).sum(),
+            "n": targets.new_tensor(targets.numel()),
+        }
+    return loss, counts
+
+
+def contrastive_metrics(counts: dict[str, float]) -> dict[str, float]:
+    """Loss and in-batch top-1 accuracy in both directions (chance: 1 / batch size)."""
+    n = max(counts["n"], 1)
+    return {"loss": counts["loss_sum"] / n, "i2t_acc": counts["i2t_correct"] / n, "t2i_acc": counts["t2i_correct"] / n}

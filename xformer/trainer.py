@@ -7,7 +7,9 @@ A *task* adapts a model family to the loop. It provides ``train_data`` / ``val_d
   with ``train=False`` only what evaluation needs, e.g. fixed masks, no augmentation);
 - ``loss(model, local, full)``: loss and summed counts for this process's rows ``local`` of the
   micro-batch ``full`` (``full`` gives global normalisers, so N processes match one with N x batch);
-- ``metrics(counts)``: summed counts -> named metrics.
+- ``metrics(counts)``: summed counts -> named metrics;
+- optionally ``param_groups(model)`` (what to train, with which decay) and ``evaluate(model)`` (metrics
+  that need the whole validation set at once, e.g. retrieval, added to each evaluation).
 
 Every process builds the same global micro-batch from the step number alone (a seeded permutation per
 epoch, a seeded generator per micro-batch) and keeps its own rows. So resuming needs only the step and
@@ -219,7 +221,10 @@ class Trainer:
                 _, c = self.task.loss(self.model, local, full)
             for n, v in c.items():
                 counts[n] = counts[n] + v if n in counts else v
-        return self.task.metrics(distributed.all_reduce_sums(counts))
+        metrics = self.task.metrics(distributed.all_reduce_sums(counts))
+        if hasattr(self.task, "evaluate"):  # whole-model evaluations (zero-shot, retrieval)
+            metrics.update(self.task.evaluate(self.model))
+        return metrics
 
     def fit(self, resume: bool = False) -> dict:
         """Train for ``max_steps`` or ``epochs`` (or ``max_minutes``); returns the last train and validation metrics."""
@@ -262,6 +267,7 @@ class Trainer:
                 if tcfg.max_minutes is not None:
                     out_of_time = (elapsed_before + now - t_start) / 60 >= tcfg.max_minutes
                     last = last or distributed.broadcast_flag(out_of_time, self.dist.device)
+            t_pause = time.perf_counter()  # evaluation and checkpointing do not count against throughput
             if step % self.eval_every == 0 or last:
                 val_metrics = self.evaluate()
                 if is_main:
@@ -274,6 +280,7 @@ class Trainer:
                              "elapsed": elapsed_before + time.perf_counter() - t_start}
                     save_checkpoint(self.run_dir, step, self.model, self.cfg, state, tcfg.keep_last)
                 distributed.barrier()
+            t_log += time.perf_counter() - t_pause
             if last:
                 break
         bar.close()

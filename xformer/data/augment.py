@@ -76,6 +76,26 @@ def random_hflip(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def random_resized_crop(
+    x: Tensor, size: int, scale: tuple[float, float], generator: torch.Generator | None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """Crop each sample to a random box (area fraction in ``scale``, aspect ratio log-uniform in ``ratio``,
+    at a random position inside the image) and resize it to (size, size), bilinearly.
+    Float (B, C, H, W) in [0, 1] -> (B, C, size, size)."""
+    B, device = x.size(0), x.device
+    area = scale[0] + (scale[1] - scale[0]) * _rand(generator, B, device)  # (B,)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(generator, B, device)
+    w = (area * log_r.exp()).sqrt().clamp(max=1.0)  # box width and height as fractions of the image
+    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = (1 - w) * (2 * _rand(generator, B, device) - 1)  # box centre in [-1, 1] coordinates
+    cy = (1 - h) * (2 * _rand(generator, B, device) - 1)
+    theta = torch.zeros(B, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = F.affine_grid(theta, [B, x.size(1), size, size], align_corners=False)  # (B, size, size, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 # ----------------------------------------------------------------------------- per-sample ops
 # Each op maps float images (b, C, H, W) in [0, 1] and per-sample magnitudes (b,) to images.
 

@@ -13,6 +13,7 @@ and mtimes and the settings that change the pixels, so a later run only maps the
 
     images.npy  (N, 3, H, W)  uint8
     labels.npy  (N,)          int64 | str   raw label values, mapped to class indices at load time
+                (N, K)        str           or up to K captions per image (see :mod:`xformer.data.captions`)
     meta.json                 class names (when the source names them), where it came from
 """
 
@@ -104,7 +105,12 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None) -> None:
     assert images is not None, "callers check that the source has rows"
     images.flush()
     del images
-    np.save(path / "labels.npy", np.asarray(labels) if isinstance(labels[0], str) else np.asarray(labels, np.int64))
+    if isinstance(labels[0], (list, tuple)):  # captions: (N, most per row) strings, "" where a row has fewer
+        width = max(len(row) for row in labels)
+        raw = np.asarray([[str(c) for c in row] + [""] * (width - len(row)) for row in labels])
+    else:
+        raw = np.asarray(labels) if isinstance(labels[0], str) else np.asarray(labels, np.int64)
+    np.save(path / "labels.npy", raw)
     (path / "meta.json").write_text(json.dumps({"count": reader.count, "class_names": reader.class_names}, indent=2))
 
 

@@ -72,15 +72,17 @@ class PatchEmbeddings(nn.Module):
         in_channels: image channels.
         dim: token width.
         dropout: applied to the embedded tokens.
+        bias: whether the patch projection has a bias (CLIP's has none).
     """
 
-    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, dropout: float = 0.0):
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, dropout: float = 0.0,
+                 bias: bool = True):
         super().__init__()
         if patch_size > image_size:
             raise ValueError(f"patch_size={patch_size} is larger than image_size={image_size}")
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
         self.dropout = nn.Dropout(dropout)

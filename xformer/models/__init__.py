@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from xformer.models.bert import BertForPreTraining, BertModel
+from xformer.models.clip import CLIPModel, TextTransformer
 from xformer.models.cnn import CNN
 from xformer.models.vit import (
     ImageClassifierOutput,
@@ -14,13 +15,14 @@ from xformer.models.vit import (
 
 
 def build_model(cfg) -> nn.Module:
-    """The model for a model config (selected by ``cfg.arch``): BERT for pretraining, or an image classifier."""
+    """The model for a model config (selected by ``cfg.arch``): BERT for pretraining, an image classifier,
+    or a CLIP dual encoder."""
     if cfg.arch == "hf_image":
         # imported here: it imports transformers, which the other models do not need
         from xformer.interop.hf_image import HFImageClassifier
 
         return HFImageClassifier(cfg)
-    builders = {"bert": BertForPreTraining, "vit": ViTForImageClassification, "cnn": CNN}
+    builders = {"bert": BertForPreTraining, "vit": ViTForImageClassification, "cnn": CNN, "clip": CLIPModel}
     if cfg.arch not in builders:
         raise ValueError(f"unknown model.arch {cfg.arch!r}; choose from {', '.join(builders)}, hf_image")
     return builders[cfg.arch](cfg)
@@ -30,7 +32,9 @@ __all__ = [
     "CNN",
     "BertForPreTraining",
     "BertModel",
+    "CLIPModel",
     "ImageClassifierOutput",
+    "TextTransformer",
     "ViTForImageClassification",
     "ViTModel",
     "build_model",

@@ -42,6 +42,7 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 class ViTModel(nn.Module):
     """The ViT backbone: :class:`PatchEmbeddings`, then the shared encoder (pre-LN, with its final norm).
+    With ``cfg.pre_norm`` a LayerNorm sits between the two (``norm_pre``, as CLIP's image tower).
 
     ``pooler_output`` is the [CLS] token (``cfg.pool="cls"``) or the mean of the patch tokens
     (``"mean"``); there is no pooler layer, as in HF ``ViTForImageClassification``.
@@ -50,7 +51,9 @@ class ViTModel(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.config = cfg
-        self.embeddings = PatchEmbeddings(cfg.image_size, cfg.patch_size, cfg.in_channels, cfg.dim, cfg.dropout)
+        self.embeddings = PatchEmbeddings(cfg.image_size, cfg.patch_size, cfg.in_channels, cfg.dim, cfg.dropout,
+                                          bias=cfg.patch_bias)
+        self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.encoder = Encoder(cfg)
         self.apply(lambda m: init_weights(m, cfg.init_std))
         nn.init.trunc_normal_(self.embeddings.cls_token, std=cfg.init_std)
@@ -60,7 +63,7 @@ class ViTModel(nn.Module):
         """pixel_values: (B, C, H, W). Another image size than ``cfg.image_size`` has its positions
         interpolated, unless ``interpolate_pos_encoding=False`` (then it is an error)."""
         x = self.embeddings(pixel_values, interpolate=interpolate_pos_encoding is not False)  # (B, 1+N, D)
-        x = self.encoder(x)
+        x = self.encoder(self.norm_pre(x))
         pooled = x[:, 0] if self.config.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
         return ViTOutput(last_hidden_state=x, pooler_output=pooled)
 

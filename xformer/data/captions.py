@@ -1,0 +1,146 @@
+"""Image-caption pairs for contrastive training: images decoded once and cached (as for classification),
+captions tokenized once into fixed-length id arrays.
+
+A source is Parquet files (an image column and a caption column holding a string or a list of strings
+per image, e.g. ``../shared/data/flickr8k/train.parquet``: ``image``, ``captions``) or an HF dataset name.
+The tokenizer is an HF tokenizer (``data.tokenizer.path``, or the text tower's own when it starts from a
+BERT), or a WordPiece tokenizer trained on the training captions and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from xformer.config import CaptionDataConfig, ImageDataConfig
+from xformer.data.image_sources import ImageSource, resolve_image_source
+from xformer.data.images import _load_source, _split_off
+from xformer.data.pretraining import default_cache_dir, log
+from xformer.data.tokenizer import build_tokenizer
+from xformer.errors import XformerError
+
+CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "sentence")
+
+
+class Tokenize:
+    """Texts -> (input_ids, attention_mask), each (N, max_len) int64: ``[CLS] text [SEP]``, truncated, padded."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_len, padding="max_length",
+                             return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+
+class CaptionDataset:
+    """Images (N, C, H, W) uint8 and up to K tokenized captions each: ids (N, K, L), lengths (N, K)
+    (0 for a missing caption), plus the caption strings."""
+
+    def __init__(self, images: torch.Tensor, captions: np.ndarray, tokenize: Tokenize):
+        self.images = images
+        self.captions = captions  # (N, K) str, "" where missing
+        flat = [c for row in captions for c in row]
+        ids, mask = tokenize([c or "" for c in flat])
+        N, K = captions.shape
+        self.input_ids = ids.view(N, K, -1)  # (N, K, L)
+        self.lengths = torch.where(torch.from_numpy(captions != ""), mask.sum(1).view(N, K), 0)  # (N, K)
+        self.counts = (self.lengths > 0).sum(1)  # (N,) captions per image
+        if int(self.counts.min()) == 0:
+            raise XformerError(f"image {int(self.counts.argmin())} has no caption")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """``pixel_values`` (B, C, H, W) uint8, ``input_ids`` (B, K, L), ``lengths`` (B, K), ``counts`` (B,)."""
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return {"pixel_values": self.images[idx], "input_ids": self.input_ids[idx],
+                "lengths": self.lengths[idx], "counts": self.counts[idx]}
+
+    def pairs(self) -> tuple[list[str], torch.Tensor]:
+        """Every caption, and the index of its image (M,): the retrieval set."""
+        texts, owners = [], []
+        for i, row in enumerate(self.captions):
+            for c in row:
+                if c:
+                    texts.append(str(c))
+                    owners.append(i)
+        return texts, torch.tensor(owners)
+
+
+@dataclass
+class CaptionData:
+    train: CaptionDataset
+    val: CaptionDataset | None
+    tokenizer: object
+    tokenize: Tokenize
+
+
+def _caption_column(src: ImageSource, cfg: CaptionDataConfig, key: str) -> str:
+    """The configured caption column, else the first of CAPTION_COLUMNS that a Parquet source has."""
+    if src.kind == "folder":
+        raise XformerError(f"{key} {src.name!r}: an image folder has no captions; use Parquet or an HF dataset")
+    if src.kind == "hub":
+        return cfg.caption_column or CAPTION_COLUMNS[0]
+    names = pq.read_schema(src.files[0]).names
+    if cfg.caption_column is not None:
+        if cfg.caption_column not in names:
+            raise XformerError(f"{src.files[0]}: no column {cfg.caption_column!r} (columns: {', '.join(names)}); "
+                               f"set data.caption_column")
+        return cfg.caption_column
+    column = next((c for c in CAPTION_COLUMNS if c in names), None)
+    if column is None:
+        raise XformerError(f"{src.files[0]}: no caption column found (columns: {', '.join(names)}); "
+                           f"set data.caption_column")
+    return column
+
+
+def _load_pairs(source, split: str, key: str, cfg: CaptionDataConfig, root: Path) -> tuple[torch.Tensor, np.ndarray]:
+    src = resolve_image_source(source, key, split)
+    image_cfg = ImageDataConfig(source=source, split=split, image_column=cfg.image_column,
+                                label_column=_caption_column(src, cfg, key), image_size=cfg.image_size,
+                                max_images=cfg.max_images)
+    images, raw, _ = _load_source(src, image_cfg, root)
+    captions = raw.reshape(len(raw), -1) if raw.dtype.kind == "U" else None
+    if captions is None:
+        raise XformerError(f"{key}: column {image_cfg.label_column!r} holds {raw.dtype} values, not caption strings")
+    return images, captions
+
+
+def load_caption_data(cfg: CaptionDataConfig, tokenizer=None, cache_dir: Path | None = None) -> CaptionData:
+    """Train and validation pairs for ``cfg``. Without ``val_source`` (or ``val_split`` for an HF name),
+    ``val_size`` images are held out of the training source (seeded). ``tokenizer``: use this one (e.g. the
+    text tower's); else ``cfg.tokenizer`` decides (trained on the training captions when it names none)."""
+    if cfg.source is None:
+        raise XformerError("data.source is required: Parquet files/globs or an HF dataset name")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(cfg)
+    images, captions = _load_pairs(cfg.source, cfg.split, "data.source", cfg, root)
+    val = None
+    if cfg.val_source is not None or cfg.val_split is not None:
+        val = _load_pairs(cfg.val_source or cfg.source, cfg.val_split or "validation", "data.val_source", cfg, root)
+        if val[0].shape[1:] != images.shape[1:]:
+            raise XformerError(f"data.val_source: images are {tuple(val[0].shape[1:])} but training images are "
+                               f"{tuple(images.shape[1:])}; set data.image_size")
+    elif cfg.val_size:
+        train_rows, val_rows = _split_off(len(images), cfg.val_size, cfg.seed, "data.source")
+        val = images[torch.from_numpy(val_rows)], captions[val_rows]
+        images, captions = images[torch.from_numpy(train_rows)], captions[train_rows]
+    if tokenizer is None:
+        texts = [str(c) for c in captions.reshape(-1) if c]
+        key = "captions-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        needs_docs = cfg.tokenizer.path is None
+        tokenizer = build_tokenizer(cfg.tokenizer, texts if needs_docs else None, root, key)
+    tokenize = Tokenize(tokenizer, cfg.max_text_len)
+    train = CaptionDataset(images, captions, tokenize)
+    val_set = CaptionDataset(val[0], val[1], tokenize) if val is not None else None
+    log(f"caption pairs: train {len(train)} images / {int(train.counts.sum())} captions"
+        + (f", val {len(val_set)} / {int(val_set.counts.sum())}" if val_set is not None else "")
+        + f"; vocabulary {len(tokenizer)}")
+    return CaptionData(train, val_set, tokenizer, tokenize)
