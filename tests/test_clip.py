@@ -36,8 +36,8 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), 
 
 def tiny_clip(vocab_size: int = 50, **updates) -> CLIPModel:
     cfg = ClipConfig(
-        vision=dict(image_size=16, patch_size=8, dim=32, depth=1, num_heads=2, pre_norm=True),
-        text=dict(dim=32, depth=1, num_heads=2, vocab_size=vocab_size, max_position=12),
+        vision={"image_size": 16, "patch_size": 8, "dim": 32, "depth": 1, "num_heads": 2, "pre_norm": True},
+        text={"dim": 32, "depth": 1, "num_heads": 2, "vocab_size": vocab_size, "max_position": 12},
         embed_dim=16, **updates,
     )
     return CLIPModel(cfg)

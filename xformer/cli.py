@@ -15,12 +15,8 @@ from xformer.errors import XformerError
 
 
 def run_recipe(args: argparse.Namespace, command: str) -> None:
-    from xformer.config import (
-        BertPretrainingConfig,
-        ContrastiveConfig,
-        ImageClassificationConfig,
-        load_recipe,
-    )
+    from xformer.config import BertPretrainingConfig, load_recipe
+    from xformer.runner import run
 
     cfg = load_recipe(args.recipe, args.set)
     if args.out:
@@ -29,18 +25,7 @@ def run_recipe(args: argparse.Namespace, command: str) -> None:
         raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
     if command == "finetune" and not _has_init(cfg.model):
         raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
-    if isinstance(cfg, ImageClassificationConfig):
-        from xformer.classify import train_classifier
-
-        result = train_classifier(cfg, resume=args.resume)
-    elif isinstance(cfg, ContrastiveConfig):
-        from xformer.contrastive import train_clip
-
-        result = train_clip(cfg, resume=args.resume)
-    else:
-        from xformer.pretrain import pretrain
-
-        result = pretrain(cfg, resume=args.resume)
+    result = run(cfg, resume=args.resume)
     val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items())
     print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
 
@@ -62,6 +47,19 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
     from xformer.zeroshot import retrieval_run
 
     retrieval_run(args.run_dir, args.data, args.split)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from xformer.sweep import sweep
+
+    sweep(args.recipe, args.set, args.grid, args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from xformer.report import write_report
+
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else ".")
+    print(f"report: {write_report(args.run_dirs, out)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -111,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="run directory (default: recipe's out_dir or runs/<recipe name>)")
         p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
         p.set_defaults(func=lambda args, command=name: run_recipe(args, command))
+
+    p = sub.add_parser("sweep", help="run every combination of a grid of recipe values, then report")
+    p.add_argument("recipe", help="recipe file (its sweep section, if any, adds grid values and variants)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to try for a recipe key, e.g. --grid train.lr=1e-3,3e-4 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--out", help="sweep directory (default: recipe's out_dir or runs/<recipe name>)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="report.md and plots comparing runs")
+    p.add_argument("run_dirs", nargs="+", help="run directories, or sweep directories holding runs")
+    p.add_argument("--out", help="where report.md goes (default: the one directory given, else .)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="evaluate an image classification run on a dataset")
     p.add_argument("run_dir", help="run directory")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -58,6 +59,13 @@ class BertConfig(EncoderConfig):
     pad_token_id: int = 0
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
+
+
+class BertClassifierConfig(BertConfig):
+    """BERT with a classification head on the pooled [CLS] token (e.g. SST-2 sentiment)."""
+
+    arch: Literal["bert_classifier"] = "bert_classifier"
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
 
 
 class ViTConfig(EncoderConfig):
@@ -238,6 +246,23 @@ class CaptionDataConfig(Section):
     seed: int = 0
 
 
+class TextClassificationDataConfig(Section):
+    """Labelled texts: Parquet / JSONL files or an HF dataset name, with a text and a label column."""
+
+    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/JSONL files/globs")
+    split: str = "train"
+    text_column: str | None = Field(None, description="None: auto-detect (sentence, text, ...)")
+    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    val_source: str | list[str] | None = Field(None, description="None: carve val_size examples from source")
+    val_split: str | None = None
+    val_size: int = Field(1000, ge=0)
+    max_examples: int | None = Field(None, gt=0)
+    max_seq_len: int = Field(128, ge=4)
+    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=16000, train_documents=None)
+    cache_dir: str | None = None
+    seed: int = 0
+
+
 class ClipAugmentConfig(Section):
     """Training-time image augmentation for contrastive training (on the device)."""
 
@@ -307,6 +332,15 @@ class TrainConfig(Section):
     wandb: WandbConfig = WandbConfig()
 
 
+class SweepConfig(Section):
+    """A study (``xformer sweep``): one run per combination of ``grid`` values, crossed with each of
+    ``variants`` (named sets of overrides, e.g. a whole other model section)."""
+
+    grid: dict[str, list[Any]] = Field({}, description="dotted key -> the values to try")
+    variants: dict[str, dict[str, Any]] = Field({}, description="name -> {dotted key: value}")
+    metric: str | None = Field(None, description="the validation metric the report ranks by; None: task's")
+
+
 class RunConfig(Section):
     """What every run has; each task's config adds its model and data sections.
 
@@ -316,6 +350,7 @@ class RunConfig(Section):
     task: str
     train: TrainConfig = TrainConfig()
     out_dir: str | None = Field(None, description="default: runs/<recipe name>")
+    sweep: SweepConfig = SweepConfig()
 
 
 class BertPretrainingConfig(RunConfig):
@@ -346,14 +381,26 @@ class ContrastiveConfig(RunConfig):
     eval: ZeroShotConfig = ZeroShotConfig()
 
 
+class TextClassificationConfig(RunConfig):
+    """Sequence classification with a BERT, from scratch or from a pretrained one (``model.init``)."""
+
+    task: Literal["text_classification"] = "text_classification"
+    model: BertClassifierConfig = BertClassifierConfig()
+    data: TextClassificationDataConfig = TextClassificationDataConfig()
+
+
 TASKS: dict[str, type[RunConfig]] = {
     "bert_pretraining": BertPretrainingConfig,
     "image_classification": ImageClassificationConfig,
     "contrastive": ContrastiveConfig,
+    "text_classification": TextClassificationConfig,
 }
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -365,6 +412,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+        value = float(value)
     return key.strip().split("."), value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from xformer.models.bert import BertForPreTraining, BertModel
+from xformer.models.bert import BertForPreTraining, BertForSequenceClassification, BertModel
 from xformer.models.clip import CLIPModel, TextTransformer
 from xformer.models.cnn import CNN
 from xformer.models.vit import (
@@ -15,14 +15,15 @@ from xformer.models.vit import (
 
 
 def build_model(cfg) -> nn.Module:
-    """The model for a model config (selected by ``cfg.arch``): BERT for pretraining, an image classifier,
+    """The model for a model config (selected by ``cfg.arch``): BERT for pretraining or classification, an image classifier,
     or a CLIP dual encoder."""
     if cfg.arch == "hf_image":
         # imported here: it imports transformers, which the other models do not need
         from xformer.interop.hf_image import HFImageClassifier
 
         return HFImageClassifier(cfg)
-    builders = {"bert": BertForPreTraining, "vit": ViTForImageClassification, "cnn": CNN, "clip": CLIPModel}
+    builders = {"bert": BertForPreTraining, "bert_classifier": BertForSequenceClassification,
+                "vit": ViTForImageClassification, "cnn": CNN, "clip": CLIPModel}
     if cfg.arch not in builders:
         raise ValueError(f"unknown model.arch {cfg.arch!r}; choose from {', '.join(builders)}, hf_image")
     return builders[cfg.arch](cfg)
@@ -31,6 +32,7 @@ def build_model(cfg) -> nn.Module:
 __all__ = [
     "CNN",
     "BertForPreTraining",
+    "BertForSequenceClassification",
     "BertModel",
     "CLIPModel",
     "ImageClassifierOutput",

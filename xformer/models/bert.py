@@ -1,4 +1,5 @@
-"""BERT: token embeddings + the shared encoder + pooler, and the MLM + NSP pretraining heads."""
+"""BERT: token embeddings + the shared encoder + pooler, the MLM + NSP pretraining heads, and a
+sequence classification head."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xformer.config import BertConfig
+from xformer.config import BertClassifierConfig, BertConfig
 from xformer.layers.block import Encoder
 from xformer.layers.embeddings import TokenEmbeddings
 from xformer.layers.mlp import ACTIVATIONS
@@ -108,3 +109,27 @@ class BertForPreTraining(nn.Module):
             mlm_logits=self.mlm(hidden), nsp_logits=self.nsp(out.pooler_output),
             last_hidden_state=out.last_hidden_state,
         )
+
+
+@dataclass
+class SequenceClassifierOutput:
+    logits: torch.Tensor  # (B, K)
+
+
+class BertForSequenceClassification(nn.Module):
+    """BERT with dropout and a linear head on the pooled [CLS] token (the tanh pooler's output), as HF's."""
+
+    def __init__(self, cfg: BertClassifierConfig):
+        super().__init__()
+        if cfg.num_classes is None:
+            raise ValueError("BertClassifierConfig.num_classes must be set (it is taken from the data)")
+        self.config = cfg
+        self.bert = BertModel(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        init_weights(self.head, cfg.init_std)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, D)
+        return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))  # (B, K)
