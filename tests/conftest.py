@@ -35,6 +35,15 @@ def make_documents(n_docs: int, seed: int = 0) -> list[str]:
     return docs
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """Nothing may reach the network: the hub is off for the environment and huggingface_hub."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def corpus_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "docs.parquet"

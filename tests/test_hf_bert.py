@@ -12,6 +12,7 @@ import transformers
 from safetensors.torch import save_model
 
 import xformer
+from tests.helpers import randomize
 from xformer.config import BertConfig, BertPretrainingConfig, save_config
 from xformer.errors import XformerError
 from xformer.interop.hf_bert import (
@@ -28,13 +29,7 @@ from xformer.models import BertForPreTraining, BertModel
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]  # 99 tokens
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing here may reach the network: the hub is off for the environment and huggingface_hub."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def hf_config(act: str = "gelu", attn: str = "eager") -> transformers.BertConfig:
@@ -42,15 +37,6 @@ def hf_config(act: str = "gelu", attn: str = "eager") -> transformers.BertConfig
         vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         hidden_act=act, max_position_embeddings=64, attn_implementation=attn,
     )
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random (biases and norms too), so a misplaced tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + ("norm" in name.lower() and name.endswith("weight")))
-    return model.eval()
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:

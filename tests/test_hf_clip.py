@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import xformer
+from tests.helpers import randomize
 from xformer.config import ClipConfig, TextConfig, ViTConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_clip import (
@@ -23,22 +24,7 @@ VOCAB = 99
 PAD = 1
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing here may reach the network: the hub is off for the environment and huggingface_hub."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random (biases and norms too), so a misplaced tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + ("norm" in name.lower() and name.endswith("weight")))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def hf_config(eos_token_id: int = 98, **text) -> transformers.CLIPConfig:

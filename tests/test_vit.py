@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 
+from tests.helpers import randomize
 from xformer.config import CNNConfig, HFImageConfig, ViTConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_vit import (
@@ -19,23 +20,7 @@ from xformer.interop.hf_vit import (
 from xformer.layers.embeddings import interpolate_pos_embed
 from xformer.models import ViTForImageClassification, build_model
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing here may reach the network: the hub is off for the environment and huggingface_hub."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random (biases and norms too), so a misplaced tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + ("norm" in name.lower() and name.endswith("weight")))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def hf_vit(num_labels: int = 10, **kwargs) -> transformers.ViTForImageClassification:

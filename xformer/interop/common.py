@@ -122,3 +122,8 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def param_pairs(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
+    """(our key, HF key) for each parameter ``names`` of a module named ``ours`` here and ``hf`` there."""
+    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]

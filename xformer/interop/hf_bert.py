@@ -23,6 +23,7 @@ from xformer.interop.common import (
     encoder_fields_to_hf,
     fetch_from_hub,
     fuse_qkv,
+    param_pairs,
     read_weights,
     write_hf_dir,
 )
@@ -83,36 +84,32 @@ def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
 # ----------------------------------------------------------------------------- state dicts
 
 
-def _params(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
-    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
-
-
 def _encoder_keys(cfg: BertConfig) -> list[tuple[str, str]]:
     """(our key, HF key) for embeddings and blocks, except the fused q/k/v; every one is required."""
     keys = (
-        _params("bert.embeddings.word", "bert.embeddings.word_embeddings", ("weight",))
-        + _params("bert.embeddings.position", "bert.embeddings.position_embeddings", ("weight",))
-        + _params("bert.embeddings.token_type", "bert.embeddings.token_type_embeddings", ("weight",))
-        + _params("bert.embeddings.norm", "bert.embeddings.LayerNorm")
+        param_pairs("bert.embeddings.word", "bert.embeddings.word_embeddings", ("weight",))
+        + param_pairs("bert.embeddings.position", "bert.embeddings.position_embeddings", ("weight",))
+        + param_pairs("bert.embeddings.token_type", "bert.embeddings.token_type_embeddings", ("weight",))
+        + param_pairs("bert.embeddings.norm", "bert.embeddings.LayerNorm")
     )
     for i in range(cfg.depth):
         ours, hf = f"bert.encoder.blocks.{i}", f"bert.encoder.layer.{i}"
         keys += (
-            _params(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
-            + _params(f"{ours}.norm1", f"{hf}.attention.output.LayerNorm")
-            + _params(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
-            + _params(f"{ours}.mlp.fc2", f"{hf}.output.dense")
-            + _params(f"{ours}.norm2", f"{hf}.output.LayerNorm")
+            param_pairs(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
+            + param_pairs(f"{ours}.norm1", f"{hf}.attention.output.LayerNorm")
+            + param_pairs(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
+            + param_pairs(f"{ours}.mlp.fc2", f"{hf}.output.dense")
+            + param_pairs(f"{ours}.norm2", f"{hf}.output.LayerNorm")
         )
     return keys
 
 
 # (our key, HF key) for the pooler and heads, which a checkpoint may lack; the MLM decoder is separate.
 _HEAD_KEYS = (
-    _params("bert.pooler", "bert.pooler.dense")
-    + _params("mlm.dense", "cls.predictions.transform.dense")
-    + _params("mlm.norm", "cls.predictions.transform.LayerNorm")
-    + _params("nsp", "cls.seq_relationship")
+    param_pairs("bert.pooler", "bert.pooler.dense")
+    + param_pairs("mlm.dense", "cls.predictions.transform.dense")
+    + param_pairs("mlm.norm", "cls.predictions.transform.LayerNorm")
+    + param_pairs("nsp", "cls.seq_relationship")
 )
 
 

@@ -29,6 +29,7 @@ from xformer.interop.common import (
     encoder_fields_to_hf,
     fetch_from_hub,
     fuse_qkv,
+    param_pairs,
     read_weights,
     write_hf_dir,
 )
@@ -141,17 +142,13 @@ def config_to_hf(cfg: ClipConfig, eos_token_id: int) -> transformers.CLIPConfig:
 # ----------------------------------------------------------------------------- state dicts
 
 
-def _params(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
-    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
-
-
 def _blocks(cfg, ours: str, hf: str) -> list[tuple[str, str]]:
     keys = []
     for i in range(cfg.depth):
         o, h = f"{ours}.encoder.blocks.{i}", f"{hf}.encoder.layers.{i}"
-        keys += (_params(f"{o}.norm1", f"{h}.layer_norm1") + _params(f"{o}.attn.proj", f"{h}.self_attn.out_proj")
-                 + _params(f"{o}.norm2", f"{h}.layer_norm2") + _params(f"{o}.mlp.fc1", f"{h}.mlp.fc1")
-                 + _params(f"{o}.mlp.fc2", f"{h}.mlp.fc2"))
+        keys += (param_pairs(f"{o}.norm1", f"{h}.layer_norm1") + param_pairs(f"{o}.attn.proj", f"{h}.self_attn.out_proj")
+                 + param_pairs(f"{o}.norm2", f"{h}.layer_norm2") + param_pairs(f"{o}.mlp.fc1", f"{h}.mlp.fc1")
+                 + param_pairs(f"{o}.mlp.fc2", f"{h}.mlp.fc2"))
     return keys
 
 
@@ -161,16 +158,16 @@ def _keys(cfg: ClipConfig) -> list[tuple[str, str]]:
         ("logit_scale", "logit_scale"),
         ("vision.embeddings.cls_token", _CLS),
         ("vision.embeddings.position", _POSITIONS),
-        *_params("vision.embeddings.proj", "vision_model.embeddings.patch_embedding", ("weight",)),
-        *_params("vision.norm_pre", "vision_model.pre_layrnorm"),
+        *param_pairs("vision.embeddings.proj", "vision_model.embeddings.patch_embedding", ("weight",)),
+        *param_pairs("vision.norm_pre", "vision_model.pre_layrnorm"),
         *_blocks(cfg.vision, "vision", "vision_model"),
-        *_params("vision.encoder.norm", "vision_model.post_layernorm"),
-        *_params("text.embeddings.word", "text_model.embeddings.token_embedding", ("weight",)),
-        *_params("text.embeddings.position", "text_model.embeddings.position_embedding", ("weight",)),
+        *param_pairs("vision.encoder.norm", "vision_model.post_layernorm"),
+        *param_pairs("text.embeddings.word", "text_model.embeddings.token_embedding", ("weight",)),
+        *param_pairs("text.embeddings.position", "text_model.embeddings.position_embedding", ("weight",)),
         *_blocks(cfg.text, "text", "text_model"),
-        *_params("text.encoder.norm", "text_model.final_layer_norm"),
-        *_params("visual_projection", "visual_projection", ("weight",)),
-        *_params("text_projection", "text_projection", ("weight",)),
+        *param_pairs("text.encoder.norm", "text_model.final_layer_norm"),
+        *param_pairs("visual_projection", "visual_projection", ("weight",)),
+        *param_pairs("text_projection", "text_projection", ("weight",)),
     ]
 
 

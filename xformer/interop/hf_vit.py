@@ -23,6 +23,7 @@ from xformer.interop.common import (
     encoder_fields_to_hf,
     fetch_from_hub,
     fuse_qkv,
+    param_pairs,
     read_weights,
     write_hf_dir,
 )
@@ -106,31 +107,27 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transf
 # ----------------------------------------------------------------------------- state dicts
 
 
-def _params(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
-    return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
-
-
 def _backbone_keys(cfg: ViTConfig) -> list[tuple[str, str]]:
     """(our key, HF hub key) for everything but the fused q/k/v and the head; every one is required."""
     keys = [
         ("vit.embeddings.cls_token", "vit.embeddings.cls_token"),
         ("vit.embeddings.position", "vit.embeddings.position_embeddings"),
-        *_params("vit.embeddings.proj", "vit.embeddings.patch_embeddings.projection"),
-        *_params("vit.encoder.norm", "vit.layernorm"),
+        *param_pairs("vit.embeddings.proj", "vit.embeddings.patch_embeddings.projection"),
+        *param_pairs("vit.encoder.norm", "vit.layernorm"),
     ]
     for i in range(cfg.depth):
         ours, hf = f"vit.encoder.blocks.{i}", f"vit.encoder.layer.{i}"
         keys += (
-            _params(f"{ours}.norm1", f"{hf}.layernorm_before")
-            + _params(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
-            + _params(f"{ours}.norm2", f"{hf}.layernorm_after")
-            + _params(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
-            + _params(f"{ours}.mlp.fc2", f"{hf}.output.dense")
+            param_pairs(f"{ours}.norm1", f"{hf}.layernorm_before")
+            + param_pairs(f"{ours}.attn.proj", f"{hf}.attention.output.dense")
+            + param_pairs(f"{ours}.norm2", f"{hf}.layernorm_after")
+            + param_pairs(f"{ours}.mlp.fc1", f"{hf}.intermediate.dense")
+            + param_pairs(f"{ours}.mlp.fc2", f"{hf}.output.dense")
         )
     return keys
 
 
-_HEAD_KEYS = _params("head", "classifier")
+_HEAD_KEYS = param_pairs("head", "classifier")
 
 
 def _qkv_keys(i: int, param: str) -> tuple[str, list[str]]:
