@@ -209,8 +209,8 @@ def clip_args(tmp_path):
         "model.vision={image_size: 16, patch_size: 8, dim: 32, depth: 1, num_heads: 2, pre_norm: true}",
         "model.text={dim: 32, depth: 1, num_heads: 2, max_position: 12}", "model.embed_dim=16",
         f"eval.source={labelled}", "eval.templates=['a {c} square']",
-        "train.batch_size=16", "train.max_steps=30", "train.lr=2e-3", "train.warmup_steps=2", "train.log_every=5",
-        "train.eval_every=30", "train.save_every=30", "train.progress=false", "train.device=cpu",
+        "train.batch_size=16", "train.epochs=null", "train.max_steps=80", "train.lr=2e-3", "train.warmup_steps=2",
+        "train.log_every=5", "train.eval_every=80", "train.save_every=80", "train.progress=false", "train.device=cpu",
     ], tmp_path
 
 
@@ -230,6 +230,21 @@ def test_tiny_clip_trains_then_evaluates_from_the_cli(clip_args, capsys):
     assert main(["retrieval", str(run), "--data", str(tmp_path / "dev.parquet")]) == 0
     scores = json.loads((run / "retrieval_dev.json").read_text())
     assert scores["t2i_R@1"] == pytest.approx(final["t2i_R@1"]) and scores["images"] == 16
+
+    import transformers
+
+    from xformer.loading import load, load_tokenizer
+
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    hf = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.vocab == load_tokenizer(run).vocab
+    texts = tok(["a red square", "the colour blue"], padding=True, return_tensors="pt")
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = load(run)(pixels, texts["input_ids"], texts["attention_mask"]).logits_per_image
+        theirs = hf(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"], pixel_values=pixels)
+    torch.testing.assert_close(theirs.logits_per_image, ours, atol=1e-4, rtol=1e-4)
 
 
 def test_lock_image_keeps_the_image_tower(clip_args):

@@ -10,7 +10,7 @@ import transformers
 
 import xformer
 from tests.helpers import randomize
-from xformer.config import ClipConfig, TextConfig, ViTConfig
+from xformer.config import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_clip import (
     config_from_hf,
@@ -92,7 +92,7 @@ def test_config_from_hf_maps_fields():
 
 def ours_tiny(**text) -> CLIPModel:
     cfg = ClipConfig(
-        vision=ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, num_heads=4, mlp_ratio=2.0, pre_norm=True,
+        vision=ClipVisionConfig(image_size=32, patch_size=8, dim=32, depth=2, num_heads=4, mlp_ratio=2.0, pre_norm=True,
                          patch_bias=False, norm_eps=1e-5, act="gelu", attn_backend="math"),
         text=TextConfig(dim=32, depth=2, num_heads=4, mlp_ratio=1.5, vocab_size=VOCAB, max_position=16,
                         pad_token_id=PAD, act="gelu_tanh", attn_backend="math", **text),

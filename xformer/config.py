@@ -132,14 +132,26 @@ class TextConfig(EncoderConfig):
     init: str | None = Field(None, description="a BERT: hf:<dir or hub id>, a run dir or a checkpoint")
 
 
+class ClipVisionConfig(ViTConfig):
+    """CLIP's image tower: a ViT with a LayerNorm before the encoder and no bias in the patch projection."""
+
+    image_size: int = Field(64, gt=0)
+    patch_size: int = Field(8, gt=0)
+    dim: int = Field(256, gt=0)
+    depth: int = Field(6, gt=0)
+    num_heads: int = Field(4, gt=0)
+    pre_norm: bool = True
+    patch_bias: bool = False
+    norm_eps: float = 1e-5
+
+
 class ClipConfig(Section):
     """CLIP-style dual encoder: a ViT image tower and a text tower, each with a linear projection into a
     joint ``embed_dim`` space, and a learnable temperature. ``init`` loads a whole CLIP (``hf:`` or a run);
     ``vision.init`` / ``text.init`` load one tower each."""
 
     arch: Literal["clip"] = "clip"
-    vision: ViTConfig = ViTConfig(image_size=64, patch_size=8, dim=256, depth=6, num_heads=4, pre_norm=True,
-                                  norm_eps=1e-5)
+    vision: ClipVisionConfig = ClipVisionConfig()
     text: TextConfig = TextConfig(dim=256, depth=4, num_heads=4)
     embed_dim: int = Field(256, gt=0)
     logit_scale_init: float = Field(math.log(1 / 0.07), description="log of the initial inverse temperature")

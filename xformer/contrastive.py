@@ -188,7 +188,7 @@ def train_clip(cfg: ContrastiveConfig, resume: bool = False) -> dict:
         zeroshot_data = None
         if cfg.eval.source is not None:
             zs = load_image_data(ImageDataConfig(source=cfg.eval.source, split=cfg.eval.split, val_size=0,
-                                                 max_images=cfg.eval.max_images))
+                                                 max_images=cfg.eval.max_images, cache_dir=cfg.data.cache_dir))
             zeroshot_data = (zs.train.images, zs.train.labels, cfg.eval.classes or zs.class_names)
         if dist.is_main:
             distributed.barrier()

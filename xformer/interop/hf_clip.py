@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 import transformers
 
-from xformer.config import ClipConfig, TextConfig, ViTConfig
+from xformer.config import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
     encoder_fields_from_hf,
@@ -71,7 +71,7 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> ClipConfig:
     vision, text = hf_config.vision_config, hf_config.text_config
     pad = text.pad_token_id
     return ClipConfig(
-        vision=ViTConfig(
+        vision=ClipVisionConfig(
             **_encoder_fields(vision, "CLIP vision"),
             image_size=_square(vision.image_size, "image_size"),
             patch_size=_square(vision.patch_size, "patch_size"),
