@@ -203,15 +203,23 @@ class DataConfig(Section):
     seed: int = 0
 
 
-class ImageDataConfig(Section):
-    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+class SplitDataConfig(Section):
+    """Where a dataset comes from: a training source and split, and an optional separate validation
+    source (otherwise ``val_size`` items are carved from the training source with ``seed``)."""
 
     source: str | list[str] | None = Field(None, description="HF dataset name, Parquet files/globs, or a folder")
     split: str = "train"
+    val_source: str | list[str] | None = Field(None, description="None: carve val_size items from source")
+    val_split: str | None = None
+    cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
+    seed: int = 0
+
+
+class ImageDataConfig(SplitDataConfig):
+    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+
     image_column: str | None = Field(None, description="None: auto-detect (img, image, ...)")
     label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
-    val_source: str | list[str] | None = Field(None, description="None: carve val_size images from source")
-    val_split: str | None = None
     val_size: int = Field(5000, ge=0)
     test_source: str | list[str] | None = None
     test_split: str | None = None
@@ -219,8 +227,6 @@ class ImageDataConfig(Section):
     max_images: int | None = Field(None, gt=0)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-    cache_dir: str | None = None
-    seed: int = 0
 
 
 class AugmentConfig(Section):
@@ -237,16 +243,12 @@ class AugmentConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
-class CaptionDataConfig(Section):
+class CaptionDataConfig(SplitDataConfig):
     """Image-caption pairs (Parquet with an image column and a caption column of strings or lists of
     strings, or an HF dataset name) and the tokenizer for the captions."""
 
-    source: str | list[str] | None = Field(None, description="HF dataset name or Parquet files/globs")
-    split: str = "train"
     image_column: str | None = Field(None, description="None: auto-detect (image, img, ...)")
     caption_column: str | None = Field(None, description="None: auto-detect (captions, caption, text, ...)")
-    val_source: str | list[str] | None = Field(None, description="None: carve val_size images from source")
-    val_split: str | None = None
     val_size: int = Field(500, ge=0)
     image_size: int | None = Field(None, gt=0, description="resize when decoding; None: keep (all equal)")
     max_images: int | None = Field(None, gt=0)
@@ -254,25 +256,17 @@ class CaptionDataConfig(Section):
     tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=8000, train_documents=None)
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    cache_dir: str | None = None
-    seed: int = 0
 
 
-class TextClassificationDataConfig(Section):
+class TextClassificationDataConfig(SplitDataConfig):
     """Labelled texts: Parquet / JSONL files or an HF dataset name, with a text and a label column."""
 
-    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/JSONL files/globs")
-    split: str = "train"
     text_column: str | None = Field(None, description="None: auto-detect (sentence, text, ...)")
     label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
-    val_source: str | list[str] | None = Field(None, description="None: carve val_size examples from source")
-    val_split: str | None = None
     val_size: int = Field(1000, ge=0)
     max_examples: int | None = Field(None, gt=0)
     max_seq_len: int = Field(128, ge=4)
     tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=16000, train_documents=None)
-    cache_dir: str | None = None
-    seed: int = 0
 
 
 class ClipAugmentConfig(Section):
