@@ -151,11 +151,8 @@ def train_classifier(cfg: ImageClassificationConfig, resume: bool = False) -> di
     try:
         run_dir = Path(cfg.out_dir or "runs/classify")
         check_run_dir(run_dir, cfg, resume)
-        if not dist.is_main:
-            distributed.barrier()  # rank 0 decodes (and caches) the images first
-        data = load_image_data(cfg.data)
-        if dist.is_main:
-            distributed.barrier()
+        with distributed.main_first(dist):
+            data = load_image_data(cfg.data)
         num_classes = len(data.class_names)
         torch.manual_seed(cfg.train.seed)
         model = initial_image_model(cfg, num_classes).to(memory_format=torch.channels_last)

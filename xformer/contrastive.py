@@ -182,16 +182,13 @@ def train_clip(cfg: ContrastiveConfig, resume: bool = False) -> dict:
         check_run_dir(run_dir, cfg, resume)
         text_init = cfg.model.init or cfg.model.text.init
         tokenizer = load_tokenizer(text_init) if text_init and cfg.data.tokenizer.path is None else None
-        if not dist.is_main:
-            distributed.barrier()  # rank 0 decodes and caches first
-        data = load_caption_data(cfg.data, tokenizer)
-        zeroshot_data = None
-        if cfg.eval.source is not None:
-            zs = load_image_data(ImageDataConfig(source=cfg.eval.source, split=cfg.eval.split, val_size=0,
-                                                 max_images=cfg.eval.max_images, cache_dir=cfg.data.cache_dir))
-            zeroshot_data = (zs.train.images, zs.train.labels, cfg.eval.classes or zs.class_names)
-        if dist.is_main:
-            distributed.barrier()
+        with distributed.main_first(dist):
+            data = load_caption_data(cfg.data, tokenizer)
+            zeroshot_data = None
+            if cfg.eval.source is not None:
+                zs = load_image_data(ImageDataConfig(source=cfg.eval.source, split=cfg.eval.split, val_size=0,
+                                                     max_images=cfg.eval.max_images, cache_dir=cfg.data.cache_dir))
+                zeroshot_data = (zs.train.images, zs.train.labels, cfg.eval.classes or zs.class_names)
         torch.manual_seed(cfg.train.seed)
         model = initial_clip_model(cfg, len(data.tokenizer))
         task = ContrastiveTask(cfg, data.train, data.val, data.tokenize, zeroshot_data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -48,6 +50,17 @@ def setup(device_name: str) -> DistInfo:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the body first (filling the data and tokenizer caches), then the other ranks,
+    which find the caches ready."""
+    if not info.is_main:
+        barrier()
+    yield
+    if info.is_main:
+        barrier()
 
 
 def all_reduce_sums(values: dict[str, torch.Tensor]) -> dict[str, float]:

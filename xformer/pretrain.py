@@ -79,11 +79,8 @@ def pretrain(cfg: BertPretrainingConfig, resume: bool = False) -> dict:
         check_run_dir(run_dir, cfg, resume)
         if cfg.model.init and cfg.model.init.startswith("hf:") and cfg.data.tokenizer.path is None:
             cfg.data.tokenizer.path = cfg.model.init[3:]  # the checkpoint's own vocabulary
-        if not dist.is_main:
-            distributed.barrier()  # rank 0 prepares (and caches) the data first
-        data = prepare_pretraining_data(cfg.data)
-        if dist.is_main:
-            distributed.barrier()
+        with distributed.main_first(dist):
+            data = prepare_pretraining_data(cfg.data)
         torch.manual_seed(cfg.train.seed)
         model = initial_model(cfg, len(data.tokenizer))
         masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,

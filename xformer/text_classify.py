@@ -215,11 +215,8 @@ def train_text_classifier(cfg: TextClassificationConfig, resume: bool = False) -
         tokenizer = None
         if cfg.model.init is not None and cfg.data.tokenizer.path is None:
             tokenizer = load_tokenizer(cfg.model.init)  # the checkpoint's own vocabulary
-        if not dist.is_main:
-            distributed.barrier()  # rank 0 trains (and caches) the tokenizer first
-        data = load_text_data(cfg.data, tokenizer)
-        if dist.is_main:
-            distributed.barrier()
+        with distributed.main_first(dist):
+            data = load_text_data(cfg.data, tokenizer)
         torch.manual_seed(cfg.train.seed)
         model = initial_text_classifier(cfg, len(data.tokenizer), len(data.class_names))
         if dist.is_main:
