@@ -169,3 +169,13 @@ def test_text_data_bad_inputs(recipe, tmp_path, capsys):
     assert "no text column found" in err and "body" in err and "\n" not in err
     assert main(["train", str(recipe), "--set", "data.text_column=body", "--out", str(tmp_path / "x")]) == 2
     assert "no column 'body'" in capsys.readouterr().err
+
+
+def test_report_leaves_out_keys_that_only_follow_the_architecture():
+    from xformer.report import varied_keys
+
+    cnn = {"config": {"model.arch": "cnn", "model.dropout": 0.1, "model.channels": [32, 64]}}
+    vit = {"config": {"model.arch": "vit", "model.dropout": 0.0, "model.dim": 128}}
+    vit_deep = {"config": {"model.arch": "vit", "model.dropout": 0.0, "model.dim": 256}}
+    assert varied_keys([cnn, vit]) == ["model.arch", "model.dropout"]
+    assert varied_keys([cnn, vit, vit_deep]) == ["model.arch", "model.dropout", "model.dim"]

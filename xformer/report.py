@@ -65,12 +65,14 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def varied_keys(runs: list[dict]) -> list[str]:
-    """Config keys whose values are not the same in every run, in config order."""
+    """Config keys whose values are not the same in every run, in config order. A key that only some
+    runs have, with one value wherever it is, is left out: its presence follows another varied key
+    (``model.arch`` decides which model keys exist)."""
     keys = []
     for run in runs:
         keys += [k for k in run["config"] if k not in keys]
     return [k for k in keys if not k.startswith(IGNORED_KEYS)
-            and len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]
+            and len({json.dumps(r["config"][k], sort_keys=True) for r in runs if k in r["config"]}) > 1]
 
 
 def _cell(value) -> str:
