@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import transformers
 
 from xformer.config import BertConfig
+from xformer.layers import configure_attention
 from xformer.models.bert import BertForPreTraining
 
 SIZES = {  # depth, dim, heads
@@ -124,6 +125,7 @@ def main() -> None:
     )
     torch.manual_seed(args.seed)
     ours = BertForPreTraining(ours_cfg).to(args.device).train()
+    configure_attention(ours, torch.device(args.device), torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     torch.manual_seed(args.seed)
     hf = transformers.BertForPreTraining(hf_cfg).to(args.device).train()
     batch = make_batch(args.batch, args.seq, args.pad_frac, args.device, torch.Generator().manual_seed(args.seed))

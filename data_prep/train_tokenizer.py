@@ -13,11 +13,11 @@ import argparse
 import sys
 import time
 
-from xformer.config import load_recipe
 from xformer.data.corpus import read_documents
 from xformer.data.pretraining import holdout_split
 from xformer.data.tokenizer import train_wordpiece
 from xformer.errors import XformerError
+from xformer.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from xformer.checkpoint import latest_checkpoint
-from xformer.classify import finetune_param_groups, train_classifier
-from xformer.config import FinetuneConfig, load_recipe
+from xformer.finetune import finetune_param_groups
+from xformer.tasks import read_run_config
+from xformer.tasks import run as train_classifier
+from xformer.config import FinetuneConfig
+from xformer.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["red", "green", "blue", "grey"]
@@ -121,7 +124,8 @@ def test_finetune_from_hf_vit_with_new_head(image_parquet, tmp_path):
     cfg = image_config(image_parquet, tmp_path, "model.arch=vit", f"model.init=hf:{hf_dir}", "train.max_steps=30",
                        "finetune.layer_decay=0.8")
     result = train_classifier(cfg)
-    assert cfg.model.image_size == 24 and cfg.model.num_classes == 4  # checkpoint resolution, our classes
+    saved = read_run_config(tmp_path / "run").model
+    assert saved.image_size == 24 and saved.num_classes == 4  # checkpoint resolution, our classes
     trace = losses(tmp_path / "run")
     assert np.mean(trace[-5:]) < np.mean(trace[:5]), trace
     assert result["val"]["acc"] > 0.25

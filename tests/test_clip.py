@@ -19,7 +19,8 @@ from PIL import Image
 
 from tests.test_trainer import free_port
 from xformer.cli import main
-from xformer.config import ClipConfig, load_recipe
+from xformer.config import ClipConfig
+from xformer.recipe import load_recipe
 from xformer.data.augment import random_resized_crop
 from xformer.losses import contrastive_loss
 from xformer.models import CLIPModel
@@ -248,18 +249,19 @@ def test_tiny_clip_trains_then_evaluates_from_the_cli(clip_args, capsys):
 
 
 def test_lock_image_keeps_the_image_tower(clip_args):
-    from xformer.contrastive import initial_clip_model, train_clip
     from xformer.loading import load
+    from xformer.tasks import run
+    from xformer.tasks.contrastive import clip_model
 
     args, tmp_path = clip_args
     cfg = load_recipe("recipes/clip_small.yaml", [*args, "model.lock_image=true", "train.max_steps=3",
                                                    "train.eval_every=100", f"out_dir={tmp_path / 'lit'}"])
-    train_clip(cfg)
+    run(cfg)
     trained = load(tmp_path / "lit")
     # the same seed rebuilds the model the run started from
     cfg2 = load_recipe("recipes/clip_small.yaml", [*args, f"out_dir={tmp_path / 'fresh'}"])
     torch.manual_seed(cfg2.train.seed)
-    fresh = initial_clip_model(cfg2, trained.config.text.vocab_size)
+    fresh, _ = clip_model(cfg2.model, trained.config.text.vocab_size)
     for name, p in fresh.vision.state_dict().items():
         torch.testing.assert_close(trained.vision.state_dict()[name], p, msg=name)
     assert not torch.equal(trained.text.encoder.blocks[0].attn.qkv.weight, fresh.text.encoder.blocks[0].attn.qkv.weight)
@@ -267,7 +269,7 @@ def test_lock_image_keeps_the_image_tower(clip_args):
 
 def test_text_tower_starts_from_a_bert(clip_args, tmp_path):
     from xformer.config import BertConfig, TokenizerConfig
-    from xformer.contrastive import initial_clip_model
+    from xformer.tasks.contrastive import clip_model
     from xformer.data.tokenizer import train_wordpiece
     from xformer.interop.hf_bert import export_bert
     from xformer.models import BertForPreTraining
@@ -279,9 +281,10 @@ def test_text_tower_starts_from_a_bert(clip_args, tmp_path):
     export_bert(bert, tmp_path / "bert", tokenizer=tokenizer)
     cfg = load_recipe("recipes/clip_small.yaml", [*args, f"model.text.init=hf:{tmp_path / 'bert'}",
                                                    "model.text.causal=false", "model.text.pool=cls"])
-    model = initial_clip_model(cfg, len(tokenizer))
-    assert cfg.model.text.dim == 24 and cfg.model.text.norm_first is False and cfg.model.text.type_vocab_size == 2
-    assert not cfg.model.text.causal
+    model, resolved = clip_model(cfg.model, len(tokenizer))
+    assert resolved.text.dim == 24 and resolved.text.norm_first is False and resolved.text.type_vocab_size == 2
+    assert not resolved.text.causal
+    assert cfg.model.text.dim != 24  # the recipe's config is not changed
     for name, p in bert.bert.encoder.state_dict().items():
         torch.testing.assert_close(model.text.encoder.state_dict()[name], p, msg=name)
     torch.testing.assert_close(model.text.embeddings.word.weight, bert.bert.embeddings.word.weight)
@@ -301,3 +304,27 @@ def test_bad_inputs_give_one_line_errors(clip_args, capsys, tmp_path):
     assert code == 2 and "eval.retreival" in err and "eval.retrieval" in err
     code = main(["zeroshot", str(tmp_path / "nothing-here")])
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_resume_and_whole_clip_init_keep_the_recipe(clip_args):
+    """A CLIP run resumes although model.text.vocab_size was filled in at run time; a whole-CLIP init
+    takes the architecture from the run and dropout / attention backend from the recipe."""
+    from xformer.loading import load
+    from xformer.tasks import run
+    from xformer.tasks.contrastive import clip_model
+
+    args, tmp_path = clip_args
+    first = load_recipe("recipes/clip_small.yaml", [*args, "train.max_steps=4", "train.save_every=2",
+                                                     "train.eval_every=100", f"out_dir={tmp_path / 'r'}"])
+    run(first)
+    longer = load_recipe("recipes/clip_small.yaml", [*args, "train.max_steps=6", "train.save_every=2",
+                                                      "train.eval_every=100", f"out_dir={tmp_path / 'r'}"])
+    assert run(longer, resume=True)["step"] == 6
+    cfg = load_recipe("recipes/clip_small.yaml", [*args, f"model.init={tmp_path / 'r'}", "model.text.dropout=0.3",
+                                                   "model.vision.attn_backend=math", "model.text.dim=64"])
+    model, resolved = clip_model(cfg.model, 10)
+    assert resolved.text.dropout == 0.3 and resolved.vision.attn_backend == "math"
+    assert resolved.text.dim == 32 and cfg.model.text.dim == 64  # architecture from the run; recipe untouched
+    trained = load(tmp_path / "r")
+    for name, p in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], p, msg=name)

@@ -1,6 +1,7 @@
 import pytest
 
-from xformer.config import RunConfig, load_recipe, parse_override
+from xformer.config import RunConfig
+from xformer.recipe import load_recipe, parse_override
 from xformer.errors import XformerError
 
 

@@ -13,7 +13,8 @@ from safetensors.torch import save_model
 
 import xformer
 from tests.helpers import randomize
-from xformer.config import BertConfig, BertPretrainingConfig, save_config
+from xformer.config import BertConfig, DataConfig, save_config
+from xformer.tasks.bert_pretraining import BertPretrainingConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_bert import (
     config_from_hf,
@@ -276,7 +277,8 @@ def test_all_minilm_l6_v2_matches_sentence_transformers():
 
 
 def test_load_run_and_checkpoint_dirs(tmp_path):
-    cfg = BertPretrainingConfig(model=BertConfig(vocab_size=len(VOCAB), dim=16, depth=1, num_heads=2, max_position=32))
+    cfg = BertPretrainingConfig(model=BertConfig(vocab_size=len(VOCAB), dim=16, depth=1, num_heads=2, max_position=32),
+                                data=DataConfig(max_seq_len=32))
     run = tmp_path / "run"
     models = {}
     for step in (10, 20):

@@ -1,11 +1,12 @@
-"""Sweeps (grid expansion, naming, skipping finished runs, resuming), reports (table, plots) and the
-sequence classification task that the SST-2 study uses."""
+"""Sweeps (grid expansion, naming, skipping finished runs, refusing stale ones, going on past failed
+ones, resuming), reports (table, plots) and the sequence classification task that the SST-2 study uses."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +16,9 @@ import torch
 from PIL import Image
 
 from xformer.cli import main
+from xformer.config import config_text
 from xformer.errors import XformerError
-from xformer.sweep import expand, parse_grid, run_name, sweep
+from xformer.sweep import expand, parse_grid, read_result, run_name, sweep
 
 GOOD, BAD = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]
 FILLER = ["the", "a", "film", "movie", "story", "plot", "actors", "scenes", "was", "is", "and", "but", "with", "very", "quite", "rather"]
@@ -113,6 +115,8 @@ def test_sweep_runs_skips_finished_runs_resumes_and_reports(recipe, tmp_path, ca
     second = capsys.readouterr().out
     assert "[1/2] lr=0.003: finished before, skipped" in second and "[2/2] lr=0.001: resumed" in second
     assert done.stat().st_mtime_ns == stamp
+    with pytest.raises(XformerError, match=r"sweep run lr=0.003 .* model.dim \(32 there, 64 now\)"):
+        sweep(recipe, ["model.dim=64"], out_dir=str(out))  # the saved results are of another model
 
     rows = table_rows((out / "report.md").read_text())
     assert set(rows) == {"lr=0.003", "lr=0.001"}
@@ -138,17 +142,116 @@ def test_report_on_run_dirs_from_the_cli(recipe, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- reruns and failures (no training)
+
+
+def fake_training(monkeypatch, fail: dict | None = None):
+    """Replace training with a stand-in that writes what a run leaves (its resolved config with the
+    sizes filled in, metrics); ``fail`` maps a run name to the exception it raises. Returns the calls."""
+    calls = []
+
+    def run(cfg, resume=False):
+        name = Path(cfg.out_dir).name
+        calls.append((name, resume))
+        if name in (fail or {}):
+            print("some output before the failure")
+            raise fail[name]
+        run_dir = Path(cfg.out_dir)
+        resolved = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": 120, "num_classes": 2})})
+        (run_dir / "config.yaml").write_text(config_text(resolved))
+        val = {"loss": 0.5, "acc": float("nan") if cfg.train.lr > 2e-3 else 0.75}
+        records = [{"step": 30, "split": "train", "loss": 0.6}, {"step": 30, "split": "val", **val}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r).replace("NaN", "null") + "\n" for r in records))
+        return {"step": 30, "train": {"loss": 0.6}, "val": val}
+
+    monkeypatch.setattr("xformer.tasks.run", run)
+    return calls
+
+
+def test_rerun_skips_a_finished_run_only_when_its_config_is_the_same(recipe, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s"
+    calls = fake_training(monkeypatch)
+    sweep(recipe, out_dir=str(out))
+    assert calls == [("lr=0.003", False), ("lr=0.001", False)]
+    result = read_result(out / "lr=0.003")
+    assert result["status"] == "finished" and result["val"]["acc"] is None  # strict JSON: NaN is null
+    assert "lr=0.003: 0 s; val loss 0.5, acc -" in capsys.readouterr().out
+    sweep(recipe, out_dir=str(out))  # same recipe: both skipped, though the saved configs have sizes filled in
+    assert len(calls) == 2 and capsys.readouterr().out.count("finished before, skipped") == 2
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(XformerError) as err:
+        sweep(recipe, ["train.max_steps=60"], out_dir=str(out))
+    msg = str(err.value)
+    assert "lr=0.003" in msg and "train.max_steps (30 there, 60 now)" in msg and "\n" not in msg
+    assert "--out" in msg and f"delete {out / 'lr=0.003'}" in msg and "1 more" in msg
+    assert len(calls) == 2  # refused before anything trained or was written
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+    (out / "lr=0.001" / "config.yaml").unlink()
+    with pytest.raises(XformerError, match=r"lr=0.001 .*no config.yaml"):
+        sweep(recipe, out_dir=str(out))
+    (out / "lr=0.001" / "result.json").write_text("{not json")  # unreadable: not finished, so it runs again
+    sweep(recipe, out_dir=str(out))
+    assert calls[2:] == [("lr=0.001", False)]
+
+
+def test_a_failed_run_does_not_stop_the_sweep_and_is_retried(recipe, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s"
+    calls = fake_training(monkeypatch, fail={"lr=0.003": RuntimeError("CUDA out of memory.\nTried to allocate")})
+    with pytest.raises(XformerError) as err:
+        sweep(recipe, out_dir=str(out))
+    assert str(err.value) == f"1 of 2 sweep runs failed: lr=0.003; see {out / 'lr=0.003' / 'train.log'}"
+    assert [name for name, _ in calls] == ["lr=0.003", "lr=0.001"]  # the second run still ran
+    printed = capsys.readouterr().out
+    assert "[1/2] lr=0.003: failed after 0 s: RuntimeError: CUDA out of memory. Tried to allocate\n" in printed
+    failed = read_result(out / "lr=0.003")
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: CUDA out of memory. Tried to allocate"
+    log = (out / "lr=0.003" / "train.log").read_text()
+    assert "some output before the failure" in log and "Traceback" in log
+    rows = table_rows((out / "report.md").read_text())
+    assert rows["lr=0.003"]["status"].startswith("failed: RuntimeError: CUDA out of memory")
+    assert rows["lr=0.001"]["status"] == "finished" and rows["lr=0.001"]["val acc"] == "0.75"
+
+    calls = fake_training(monkeypatch, fail={"lr=0.003": XformerError("data.source: no such file"),
+                                             "lr=0.001": XformerError("never called")})
+    with pytest.raises(XformerError, match="1 of 2 sweep runs failed: lr=0.003;"):
+        sweep(recipe, out_dir=str(out))
+    assert calls == [("lr=0.003", False)]  # a failed run is retried, the finished one is not
+    assert read_result(out / "lr=0.003")["error"] == "data.source: no such file"
+    assert "error: data.source: no such file" in (out / "lr=0.003" / "train.log").read_text()
+
+    calls = fake_training(monkeypatch)
+    sweep(recipe, out_dir=str(out))
+    assert calls == [("lr=0.003", False)] and read_result(out / "lr=0.003")["status"] == "finished"
+
+
+def test_ctrl_c_stops_the_sweep_at_once(recipe, tmp_path, monkeypatch):
+    calls = fake_training(monkeypatch, fail={"lr=0.003": KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        sweep(recipe, out_dir=str(tmp_path / "s"))
+    assert calls == [("lr=0.003", False)]
+    assert not (tmp_path / "s" / "lr=0.003" / "result.json").exists()
+    assert not (tmp_path / "s" / "report.md").exists()
+
+
+def test_sweep_metric_reaches_every_run(recipe, tmp_path):
+    _, runs = expand(recipe, ["sweep.metric=f1"], out_dir=str(tmp_path / "s"))
+    assert {r.cfg.sweep.metric for r in runs} == {"f1"} and not runs[0].cfg.sweep.grid
+
+
 # ----------------------------------------------------------------------------- text classification
 
 
 def test_sequence_classifier_learns_and_starts_from_a_bert(recipe, tmp_path):
-    from xformer.config import load_recipe
+    from xformer.init import init_from
     from xformer.loading import load
-    from xformer.text_classify import initial_text_classifier, train_text_classifier
+    from xformer.recipe import load_recipe
+    from xformer.tasks import run
 
     cfg = load_recipe(recipe, [f"out_dir={tmp_path / 'run'}", "train.max_steps=150", "train.lr=1e-3",
                                  "train.eval_every=150", "train.save_every=150"])
-    result = train_text_classifier(cfg)
+    result = run(cfg)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert losses[-1] < losses[0] - 0.2, losses
@@ -156,8 +259,8 @@ def test_sequence_classifier_learns_and_starts_from_a_bert(recipe, tmp_path):
 
     trained = load(tmp_path / "run")
     cfg2 = load_recipe(recipe, [f"model.init={tmp_path / 'run'}", "model.dim=999"])
-    model = initial_text_classifier(cfg2, vocab_size=10, num_classes=2)
-    assert cfg2.model.dim == 32  # the architecture comes from the checkpoint
+    model, resolved = init_from(cfg2.model.model_copy(update={"num_classes": 2}))
+    assert resolved.dim == 32  # the architecture comes from the checkpoint
     for name, p in trained.bert.state_dict().items():
         torch.testing.assert_close(model.bert.state_dict()[name], p, msg=name)
 

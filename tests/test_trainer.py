@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from xformer.checkpoint import list_checkpoints
 from xformer.config import TrainConfig
-from xformer.pretrain import pretrain
+from xformer.tasks import run as pretrain
 from xformer.trainer import Trainer, lr_lambda
 
 
@@ -110,5 +110,7 @@ def test_pretraining_continues_from_an_exported_hf_checkpoint(tiny_config, tmp_p
     pretrain(fresh)
     warm = tiny_config("train.max_steps=1", f"model.init=hf:{tmp_path / 'hf'}", f"out_dir={tmp_path / 'warm'}")
     pretrain(warm)
-    assert warm.data.tokenizer.path == str(tmp_path / "hf")  # the checkpoint's own vocabulary
+    # the checkpoint's own vocabulary, and the caller's config left as it was
+    assert load_tokenizer(tmp_path / "warm").get_vocab() == load_tokenizer(tmp_path / "hf").get_vocab()
+    assert warm.data.tokenizer.path is None and warm.model.dim == 32
     assert train_losses(tmp_path / "warm")[1] < train_losses(tmp_path / "fresh")[1] - 0.2

@@ -18,7 +18,7 @@ from xformer.interop.hf_vit import (
     state_dict_to_hf,
 )
 from xformer.layers.embeddings import interpolate_pos_embed
-from xformer.models import ViTForImageClassification, build_model
+from xformer.models import ViTForImageClassification, ViTModel, build_model
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -144,10 +144,12 @@ def test_load_gives_a_fresh_head_when_classes_differ_or_head_is_missing(tmp_path
     other = load_hf_vit(str(tmp_path / "cls"), num_classes=4, attn_backend="math")
     assert other.head.out_features == 4
     assert torch.equal(other.vit.encoder.norm.weight, hf.vit.layernorm.weight)
-    transformers.ViTModel(hf.config, add_pooling_layer=True).save_pretrained(tmp_path / "base")
+    base = transformers.ViTModel(hf.config, add_pooling_layer=True)
+    base.save_pretrained(tmp_path / "base")
     assert load_hf_vit(str(tmp_path / "base"), num_classes=5).head.out_features == 5
-    with pytest.raises(XformerError, match="no classifier"):
-        load_hf_vit(str(tmp_path / "base"))
+    backbone = load_hf_vit(str(tmp_path / "base"))  # no classifier, none asked for: the backbone alone
+    assert isinstance(backbone, ViTModel)
+    assert torch.equal(backbone.embeddings.proj.weight, base.embeddings.patch_embeddings.projection.weight)
 
 
 def test_hub_id_offline_asks_for_a_local_dir():

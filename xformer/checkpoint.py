@@ -1,29 +1,46 @@
 """Checkpoints: ``RUN_DIR/checkpoints/step_0000100/`` with model weights (safetensors), the resolved
-config, and the training state (optimizer, scheduler, RNG, step) loadable with ``weights_only=True``.
+config, the training state (optimizer, scheduler, RNG, step) loadable with ``weights_only=True``, and
+``manifest.json``: the size and sha256 of each of those files.
 
 Every write goes to a temporary name first and is renamed into place, so an interrupted run never
-leaves a half-written checkpoint or metrics file behind.
+leaves a half-written checkpoint or metrics file behind; a failed write (disk full) removes its
+temporary files and raises XformerError. Damage that happens later (a truncated copy, a deleted file)
+is caught by the manifest: :func:`latest_checkpoint` skips damaged checkpoints with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_model
+from safetensors.torch import save as safetensors_bytes
 
 from xformer.config import save_config
+from xformer.errors import XformerError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "config.yaml", "train_state.pt")  # what every checkpoint holds
+
+_warned: set[tuple[Path, str]] = set()  # each damaged checkpoint is reported once per process
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories of a run, oldest first."""
+    """All checkpoint directories of a run (``step_*``, intact or not), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
@@ -31,12 +48,74 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint directory ``path``, or None when it is intact.
+
+    With a manifest, every file it lists must exist with the recorded size, then the recorded sha256.
+    Without one (checkpoints written before manifests), ``model.safetensors`` and ``config.yaml`` must
+    exist and, like ``train_state.pt`` where present, be non-empty.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
+    if not any(path.iterdir()):
+        return "the directory is empty"
+    if not (path / MANIFEST).is_file():
+        for name in FILES:
+            if not (path / name).is_file():
+                if name == "train_state.pt":  # weights-only copies load for inference; resuming says why not
+                    continue
+                return f"{name} is missing (and there is no {MANIFEST})"
+            if (path / name).stat().st_size == 0:
+                return f"{name} is empty"
+        return None
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        sizes = {name: int(entry["size"]) for name, entry in manifest.items()}
+        hashes = {name: str(entry["sha256"]) for name, entry in manifest.items()}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return f"{MANIFEST} is unreadable (expected file name -> size and sha256)"
+    if unlisted := [name for name in FILES if name not in sizes]:
+        return f"{MANIFEST} does not list {unlisted[0]}"
+    for name, size in sizes.items():  # sizes first: cheap, and they catch truncation
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if (actual := (path / name).stat().st_size) != size:
+            return f"{name} has {actual} bytes, {MANIFEST} records {size} (truncated or overwritten)"
+    for name, digest in hashes.items():
+        try:
+            if _sha256(path / name) != digest:
+                return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
+        except OSError as err:
+            return f"{name} cannot be read: {err.strerror or err}"
+    return None
+
+
+def _warn_damaged(path: Path, reason: str, action: str) -> None:
+    if (path, reason) not in _warned:
+        _warned.add((path, reason))
+        print(f"warning: damaged checkpoint {path}: {reason}; {action}", file=sys.stderr)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+    """The newest intact checkpoint of a run, or None; damaged ones are skipped with a warning on stderr."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        if (reason := verify_checkpoint(ckpt)) is None:
+            return ckpt
+        _warn_damaged(ckpt, reason, "skipping it")
+    return None
 
 
 def rng_state() -> dict:
+    """The torch, numpy, python (and CUDA) RNG states, as tensors and lists that load with ``weights_only``."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
              "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
@@ -45,6 +124,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), None))
@@ -52,35 +132,116 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding NaN or Inf, or None."""
+    for name, t in chain(model.named_parameters(), model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
+
+
+def _weights_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes, tied parameters stored once (as ``load_model`` expects)."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            tensors[name] = t.detach().contiguous()  # channels-last conv weights are strided
+    return safetensors_bytes(tensors)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync through Python's file I/O, so a full disk surfaces here as OSError (ENOSPC)."""
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_manifest(ckpt: Path) -> None:
+    files = sorted(p for p in ckpt.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    _write_bytes(ckpt / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` intact checkpoints; remove older ones and damaged ones."""
+    kept = 0
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        reason = verify_checkpoint(ckpt)
+        if reason is None and kept < keep_last:
+            kept += 1
+            continue
+        if reason is not None:
+            _warn_damaged(ckpt, reason, "removing it")
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg, train_state: dict,
                     keep_last: int) -> Path:
-    """Write ``checkpoints/step_<step>`` atomically, then drop all but the newest ``keep_last``."""
+    """Write ``checkpoints/step_<step>`` atomically, then drop all but the newest ``keep_last`` intact ones.
+
+    Raises XformerError, writing nothing, when the weights hold NaN/Inf; and when writing fails (disk
+    full, permissions), after removing the temporary directory. Earlier checkpoints are left as they were.
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
+    if (bad := _first_non_finite(model)) is not None:
+        raise XformerError(f"refusing to save checkpoint {final}: weights are not finite (first: {bad})")
     tmp = root / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    save_config(cfg, tmp / "config.yaml")
-    torch.save(train_state, tmp / "train_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_bytes(tmp / "model.safetensors", _weights_bytes(model))
+        save_config(cfg, tmp / "config.yaml")
+        state = io.BytesIO()
+        torch.save(train_state, state)
+        _write_bytes(tmp / "train_state.pt", state.getbuffer())
+        _write_manifest(tmp)  # last: a manifest vouches for files already complete
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise XformerError(f"could not write checkpoint {final}: {err.strerror or err}") from None
+    _prune(Path(run_dir), keep_last)
     return final
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
-    """Load weights into ``model`` and return the training state (weights_only)."""
+    """Load weights into ``model`` and return the training state (weights_only).
+
+    Raises XformerError naming the checkpoint or file when it is damaged or cannot be read.
+    """
     path = Path(path)
-    load_model(model, str(path / "model.safetensors"))
-    return torch.load(path / "train_state.pt", weights_only=True)
+    if (reason := verify_checkpoint(path)) is not None:
+        raise XformerError(f"checkpoint {path} is damaged: {reason}")
+    weights, state = path / "model.safetensors", path / "train_state.pt"
+    if not state.is_file():
+        raise XformerError(f"{state} is missing: checkpoint {path} holds weights only and cannot resume training")
+    try:
+        load_model(model, str(weights))
+    except (SafetensorError, OSError) as err:
+        raise XformerError(f"{weights} cannot be read: {str(err).strip().splitlines()[0]}") from None
+    except RuntimeError as err:  # missing or unexpected keys, wrong shapes
+        raise XformerError(f"{weights} does not fit the model: {str(err).strip().splitlines()[0]}") from None
+    try:
+        return torch.load(state, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise XformerError(f"{state} cannot be read as a training state: {detail}") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` via a temporary file; on failure the old file stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        _write_bytes(tmp, text.encode())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise XformerError(f"could not write {path}: {err.strerror or err}") from None

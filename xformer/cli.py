@@ -7,7 +7,6 @@ Problems with the user's input are printed as one ``error:`` line with exit code
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,18 +14,18 @@ from xformer.errors import XformerError
 
 
 def run_recipe(args: argparse.Namespace, command: str) -> None:
-    from xformer.config import BertPretrainingConfig, load_recipe
-    from xformer.runner import run
+    from xformer.recipe import load_recipe
+    from xformer.tasks import run
 
     cfg = load_recipe(args.recipe, args.set)
     if args.out:
         cfg.out_dir = args.out
-    if command == "pretrain" and not isinstance(cfg, BertPretrainingConfig):
+    if command == "pretrain" and cfg.task != "bert_pretraining":
         raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
     if command == "finetune" and not _has_init(cfg.model):
         raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
     result = run(cfg, resume=args.resume)
-    val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items())
+    val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items() if isinstance(v, (int, float)))
     print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
 
 
@@ -36,15 +35,15 @@ def _has_init(model_cfg) -> bool:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
-    from xformer.zeroshot import CIFAR10_TEMPLATES, zeroshot_run
+    from xformer.tasks.contrastive import zeroshot_run
+    from xformer.zeroshot import CIFAR10_TEMPLATES
 
-    templates = args.template or CIFAR10_TEMPLATES
-    zeroshot_run(args.run_dir, args.data, args.split, classes=args.classes, templates=templates,
+    zeroshot_run(args.run_dir, args.data, args.split, classes=args.classes, templates=args.template or CIFAR10_TEMPLATES,
                  max_images=args.max_images)
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
-    from xformer.zeroshot import retrieval_run
+    from xformer.tasks.contrastive import retrieval_run
 
     retrieval_run(args.run_dir, args.data, args.split)
 
@@ -62,37 +61,31 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.run_dirs, out)}")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from xformer.evaluate import evaluate_run
+def _run_task(run_dir: str):
+    """The task spec of the run (or checkpoint) at ``run_dir``."""
+    from xformer.tasks import get_task, read_run_config
 
-    evaluate_run(args.run_dir, args.data, args.split)
+    path = Path(run_dir)
+    if path.is_dir() and not (path / "config.yaml").is_file() and (path / "config.json").is_file():
+        return None  # an HF directory
+    return get_task(read_run_config(path).task)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    spec = _run_task(args.run_dir)
+    if spec is None or spec.evaluate is None:
+        raise XformerError(f"{args.run_dir}: xformer eval evaluates image_classification runs"
+                           + (f"; this is a {spec.name} run" if spec else ""))
+    spec.evaluate(Path(args.run_dir), args.data, args.split)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from xformer.loading import load
-
-    model = load(args.run_dir)
-    if hasattr(model, "vit"):
-        from xformer.interop.hf_vit import export_vit
-
-        classes = Path(args.run_dir) / "classes.json"
-        export_vit(model, args.out_dir, class_names=json.loads(classes.read_text()) if classes.is_file() else None)
-        kind = "ViTForImageClassification"
-    elif hasattr(model, "bert") and hasattr(model, "mlm"):
-        from xformer.interop.hf_bert import export_bert
-        from xformer.loading import load_tokenizer
-
-        export_bert(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
-        kind = "BertForPreTraining"
-    elif hasattr(model, "encode_text"):
-        from xformer.interop.hf_clip import export_clip
-        from xformer.loading import load_tokenizer
-
-        export_clip(model, args.out_dir, tokenizer=load_tokenizer(args.run_dir))
-        kind = "CLIPModel"
-    else:
-        raise XformerError(f"{args.run_dir}: no HF export for {type(model).__name__} (BERT, ViT and CLIP runs export)")
-    print(f"exported {args.run_dir} to {args.out_dir} (transformers.{kind} format)")
+    spec = _run_task(args.run_dir)
+    if spec is None or spec.export is None:
+        raise XformerError(f"{args.run_dir}: no HF export for {'an HF directory' if spec is None else spec.name + ' runs'} "
+                           f"(bert_pretraining, image_classification (ViT) and contrastive runs export)")
+    kind = spec.export(Path(args.run_dir), Path(args.out_dir))
+    print(f"exported {args.run_dir} to {args.out_dir} ({kind} format)")
 
 
 def build_parser() -> argparse.ArgumentParser:

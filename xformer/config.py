@@ -1,21 +1,21 @@
-"""Typed configs, one per component, and the recipe loader.
+"""Typed configs, one per component: the schemas every recipe is validated against.
 
-A run's config is the defaults below, then a YAML recipe, then ``--set a.b=c`` overrides. Every
-section forbids unknown keys; a mistake is reported as one line naming the key and the closest
-valid ones (see :func:`load_recipe`).
+Every section forbids unknown keys; a mistake is reported as one line naming the key and the
+closest valid ones (:func:`format_validation_error`). Each task's run config (model + data + train
+sections) lives with its task in :mod:`xformer.tasks`; recipe files and ``--set`` overrides are read
+by :mod:`xformer.recipe`.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from xformer.errors import XformerError
 
@@ -24,6 +24,10 @@ class Section(BaseModel):
     """Base of every config section: keyword-only, unknown keys rejected, assignments validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # Keys that are not architecture: when a model starts from ``init`` its architecture comes from
+    # the checkpoint, and these still come from the recipe (see :mod:`xformer.init`).
+    runtime_keys: ClassVar[frozenset[str]] = frozenset()
 
 
 # ----------------------------------------------------------------------------- model
@@ -44,6 +48,8 @@ class EncoderConfig(Section):
     act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
     attn_backend: Literal["auto", "math", "sdpa", "flash"] = "auto"
 
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"dropout", "attn_dropout", "attn_backend"})
+
     @property
     def mlp_dim(self) -> int:
         return round(self.dim * self.mlp_ratio)
@@ -60,12 +66,16 @@ class BertConfig(EncoderConfig):
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
 
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init"}
+
 
 class BertClassifierConfig(BertConfig):
     """BERT with a classification head on the pooled [CLS] token (e.g. SST-2 sentiment)."""
 
     arch: Literal["bert_classifier"] = "bert_classifier"
     num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+
+    runtime_keys: ClassVar[frozenset[str]] = BertConfig.runtime_keys | {"num_classes"}
 
 
 class ViTConfig(EncoderConfig):
@@ -86,6 +96,8 @@ class ViTConfig(EncoderConfig):
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
 
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool"}
+
 
 class CNNConfig(Section):
     """The small CNN baseline: 3 blocks of (conv, ReLU, BatchNorm) x convs_per_block, max-pool, dropout;
@@ -101,7 +113,9 @@ class CNNConfig(Section):
     image_size: int = Field(32, gt=0)
     in_channels: int = Field(3, gt=0)
     num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    init: str | None = None
+    init: str | None = Field(None, description="a run dir or a checkpoint of a CNN")
+
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "num_classes", "dropout", "fc_dropout"})
 
 
 class HFImageConfig(Section):
@@ -111,6 +125,8 @@ class HFImageConfig(Section):
     init: str = Field(..., description="hf:<dir or hub id>")
     image_size: int = Field(224, gt=0)
     num_classes: int | None = Field(None, gt=0)
+
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "image_size", "num_classes"})
 
 
 class TextConfig(EncoderConfig):
@@ -130,6 +146,8 @@ class TextConfig(EncoderConfig):
     attn_dropout: float = Field(0.0, ge=0, lt=1)
     init_std: float = 0.02
     init: str | None = Field(None, description="a BERT: hf:<dir or hub id>, a run dir or a checkpoint")
+
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "causal", "pool"}
 
 
 class ClipVisionConfig(ViTConfig):
@@ -158,6 +176,9 @@ class ClipConfig(Section):
     logit_scale_max: float = Field(math.log(100), description="the log scale is clamped here")
     lock_image: bool = Field(False, description="freeze the image tower, projection included (LiT)")
     init: str | None = Field(None, description="a CLIP: hf:<dir or hub id>, a run dir or a checkpoint")
+
+    # the towers are sections of their own: their runtime keys come from the recipe as well
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "lock_image", "logit_scale_max"})
 
 
 def _arch_tag(value: Any) -> str:
@@ -358,78 +379,30 @@ class RunConfig(Section):
     out_dir: str | None = Field(None, description="default: runs/<recipe name>")
     sweep: SweepConfig = SweepConfig()
 
-
-class BertPretrainingConfig(RunConfig):
-    """Masked-LM + next-sentence pretraining of a BERT on a text corpus."""
-
-    task: Literal["bert_pretraining"] = "bert_pretraining"
-    model: BertConfig = BertConfig()
-    data: DataConfig = DataConfig()
-
-
-class ImageClassificationConfig(RunConfig):
-    """Image classification (ViT, CNN or an HF image model), from scratch or fine-tuned."""
-
-    task: Literal["image_classification"] = "image_classification"
-    model: ImageModelConfig = ViTConfig()
-    data: ImageDataConfig = ImageDataConfig()
-    augment: AugmentConfig = AugmentConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
+    @model_validator(mode="after")
+    def _sequences_fit(self):
+        """Text sequences must fit the model's position table (checked against an init's own table when
+        the model starts from one, before any data is prepared)."""
+        model, data = getattr(self, "model", None), getattr(self, "data", None)
+        max_position, max_seq_len = getattr(model, "max_position", None), getattr(data, "max_seq_len", None)
+        if getattr(model, "init", None) is None and max_position and max_seq_len and max_seq_len > max_position:
+            raise ValueError(f"data.max_seq_len={max_seq_len} is longer than model.max_position={max_position}: "
+                             f"lower one or raise the other")
+        return self
 
 
-class ContrastiveConfig(RunConfig):
-    """CLIP-style contrastive training on image-caption pairs, with zero-shot and retrieval evaluation."""
 
-    task: Literal["contrastive"] = "contrastive"
-    model: ClipConfig = ClipConfig()
-    data: CaptionDataConfig = CaptionDataConfig()
-    augment: ClipAugmentConfig = ClipAugmentConfig()
-    eval: ZeroShotConfig = ZeroShotConfig()
-
-
-class TextClassificationConfig(RunConfig):
-    """Sequence classification with a BERT, from scratch or from a pretrained one (``model.init``)."""
-
-    task: Literal["text_classification"] = "text_classification"
-    model: BertClassifierConfig = BertClassifierConfig()
-    data: TextClassificationDataConfig = TextClassificationDataConfig()
-
-
-TASKS: dict[str, type[RunConfig]] = {
-    "bert_pretraining": BertPretrainingConfig,
-    "image_classification": ImageClassificationConfig,
-    "contrastive": ContrastiveConfig,
-    "text_classification": TextClassificationConfig,
+MODEL_CONFIGS: dict[str, type[Section]] = {
+    "bert": BertConfig,
+    "bert_classifier": BertClassifierConfig,
+    "vit": ViTConfig,
+    "cnn": CNNConfig,
+    "hf_image": HFImageConfig,
+    "clip": ClipConfig,
 }
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise XformerError(f"--set expects key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
-        value = float(value)
-    return key.strip().split("."), value
-
-
-def _set_path(tree: dict, path: list[str], value: Any) -> None:
-    for i, part in enumerate(path[:-1]):
-        node = tree.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise XformerError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-        tree = node
-    tree[path[-1]] = value
+# ----------------------------------------------------------------------------- validation
 
 
 def _section_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], tuple]:
@@ -463,69 +436,67 @@ def _union_members(ann) -> list:
     return [ann]
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], origin: str) -> str:
-    """The first problem in ``err`` as one line naming the key, the value and what was expected."""
+def format_validation_error(err: ValidationError, model: type[BaseModel], origin: str, section: str = "") -> str:
+    """The first problem in ``err`` as one line naming the key, the value and what was expected;
+    ``section`` is the dotted place of ``model`` in the whole config (e.g. ``"model"``)."""
     e = err.errors()[0]
+    where = (section,) if section else ()
     if e["type"] == "extra_forbidden":
-        section, loc = _section_at(model, tuple(e["loc"])[:-1])
-        valid = list(section.model_fields)
+        section_cls, loc = _section_at(model, tuple(e["loc"])[:-1])
+        valid = list(section_cls.model_fields)
         name = str(e["loc"][-1])
-        prefix = ".".join(str(p) for p in loc)
+        prefix = ".".join(str(p) for p in where + loc)
         key = f"{prefix}.{name}" if prefix else name
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{prefix}.{c}' if prefix else c for c in close)}?" if close else ""
         return f"{origin}: unknown key {key!r}{hint} (valid keys: {', '.join(valid)})"
     _, loc = _section_at(model, tuple(e["loc"]))
-    key = ".".join(str(p) for p in loc)
+    key = ".".join(str(p) for p in where + loc)
+    if not loc:  # a check across keys (a model validator): its message names them
+        return f"{origin}: {e['msg'].removeprefix('Value error, ')}"
     return f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"
 
 
-def validate(model: type[BaseModel], data: dict, origin: str) -> Any:
+def validate(model: type[BaseModel], data: Any, origin: str, section: str = "") -> Any:
+    """``data`` validated as ``model``; XformerError naming the first bad key otherwise."""
+    if not isinstance(data, dict):
+        raise XformerError(f"{origin}: {section or 'the config'} must be a mapping of keys, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise XformerError(format_validation_error(err, model, origin)) from None
+        raise XformerError(format_validation_error(err, model, origin, section)) from None
 
 
-def parse_config(tree: dict, origin: str) -> RunConfig:
-    """Validate a config tree with the class of its ``task`` (default ``bert_pretraining``)."""
-    task = tree.get("task", "bert_pretraining")
-    if task not in TASKS:
-        close = difflib.get_close_matches(str(task), TASKS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise XformerError(f"{origin}: unknown task {task!r}{hint} (valid tasks: {', '.join(TASKS)})")
-    return validate(TASKS[task], tree, origin)
+def model_config(tree: Any, origin: str) -> Section:
+    """A saved model section (the ``model`` mapping of a run's config.yaml), validated by its ``arch``."""
+    arch = tree.get("arch", "bert") if isinstance(tree, dict) else None
+    if arch not in MODEL_CONFIGS:
+        raise XformerError(f"{origin}: model.arch {arch!r} is not one of {', '.join(MODEL_CONFIGS)}")
+    return validate(MODEL_CONFIGS[arch], tree, origin, "model")
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, what: str = "recipe") -> dict:
+    """A YAML mapping from ``path``; ``what`` names the file in messages (a recipe, a run's config)."""
     path = Path(path)
     if not path.is_file():
-        raise XformerError(f"recipe not found: {path}")
+        raise XformerError(f"{what} not found: {path}" if not path.is_dir() else f"{path}: a directory, not a {what} file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise XformerError(f"{path}: not a text file (not UTF-8); a {what} is YAML text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise XformerError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
-        raise XformerError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+        raise XformerError(f"{path}: a {what} is a mapping of sections, got {type(data).__name__}")
     return data
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults, then the recipe file (if any), then ``key=value`` overrides, validated."""
-    tree = load_yaml(path) if path is not None else {}
-    origin = str(path) if path is not None else "config"
-    if tree and path is not None:
-        parse_config(tree, origin)  # blame the file before the overrides
-    for text in overrides:
-        keys, value = parse_override(text)
-        _set_path(tree, keys, value)
-    cfg = parse_config(tree, origin if not overrides else f"{origin} with --set")
-    if cfg.out_dir is None and path is not None:
-        cfg.out_dir = str(Path("runs") / Path(path).stem)
-    return cfg
+def config_text(cfg: BaseModel) -> str:
+    """The YAML text of a resolved config, as saved with a run and in every checkpoint."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(config_text(cfg))

@@ -11,6 +11,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from xformer.errors import XformerError
+
 
 @dataclass
 class DistInfo:
@@ -25,13 +27,40 @@ class DistInfo:
         return self.rank == 0
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
 def pick_device(name: str) -> torch.device:
-    """``auto`` -> this process's CUDA device if any, else CPU."""
+    """The ``train.device`` named ``name``: ``auto`` is this process's CUDA device if any, else the CPU;
+    plain ``cuda`` is the GPU of this process's ``LOCAL_RANK``.
+
+    Raises XformerError for a string that is none of auto, cpu, cuda, cuda:N, mps, and for a device
+    this machine does not have.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise XformerError(f"train.device={name}: not a device; use one of {DEVICE_FORMS}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise XformerError(f"train.device={name}: no Apple GPU (MPS) is available here; use train.device=cpu or auto")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise XformerError(f"train.device={name}: no CUDA GPU is visible here; use train.device=cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= count:
+            raise XformerError(f"train.device={name}: LOCAL_RANK={local_rank} but only {count} CUDA GPU(s) are "
+                               f"visible; start at most {count} processes per node")
+        return torch.device("cuda", local_rank)
+    if device.index >= count:
+        raise XformerError(f"train.device={name}: only {count} CUDA GPU(s) are visible here "
+                           f"(cuda:0 to cuda:{count - 1}); use one of {DEVICE_FORMS}")
     return device
 
 

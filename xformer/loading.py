@@ -1,10 +1,11 @@
-"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face BERT and CLIP models.
+"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face BERT, ViT and CLIP models.
 
 HF conversion (and the transformers import it needs) happens only for HF inputs.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -12,13 +13,14 @@ from safetensors.torch import load_model
 from torch import nn
 
 from xformer.checkpoint import latest_checkpoint
-from xformer.config import load_yaml, parse_config
+from xformer.config import Section, load_yaml, model_config
 from xformer.errors import XformerError
 from xformer.models import build_model
 
 EXPECTED = ("expected an xformer run directory (config.yaml + checkpoints/), a checkpoint directory "
-            "(model.safetensors + config.yaml), an HF BERT, CLIP or sentence-transformers directory, "
+            "(model.safetensors + config.yaml), an HF BERT, ViT, CLIP or sentence-transformers directory, "
             "or hf:<dir or hub id>")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 def _kind(path: Path) -> str:
@@ -37,13 +39,19 @@ def _kind(path: Path) -> str:
 
 def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     config_file = ckpt / "config.yaml"
-    model_cfg = parse_config(load_yaml(config_file), str(config_file)).model
+    tree = load_yaml(config_file, "checkpoint config")
+    if not isinstance(tree.get("model"), dict):
+        raise XformerError(f"{config_file}: no model section; the checkpoint's config is incomplete")
+    model_cfg = model_config(tree["model"], str(config_file))
     if "attn_backend" in type(model_cfg).model_fields:  # transformer models; the CNN has none
         model_cfg = model_cfg.model_copy(update={"attn_backend": attn_backend})
     elif model_cfg.arch == "clip":  # both towers
         model_cfg = model_cfg.model_copy(update={t: getattr(model_cfg, t).model_copy(update={"attn_backend": attn_backend})
                                                  for t in ("vision", "text")})
-    model = build_model(model_cfg)
+    try:
+        model = build_model(model_cfg)
+    except ValueError as err:  # a size the run fills in from its data (vocab_size, num_classes) is missing
+        raise XformerError(f"{config_file}: incomplete model config: {err}") from None
     try:
         load_model(model, ckpt / "model.safetensors")
     except RuntimeError as err:
@@ -53,8 +61,8 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
 
 
 def _load_hf(source: str, attn_backend: str) -> nn.Module:
-    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, else BERT."""
-    from xformer.interop.common import fetch_from_hub
+    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, ViT, else BERT."""
+    from xformer.hub import fetch_from_hub
 
     folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
     config_file = folder / "config.json"
@@ -66,9 +74,43 @@ def _load_hf(source: str, attn_backend: str) -> nn.Module:
         from xformer.interop.hf_clip import load_hf_clip
 
         return load_hf_clip(str(folder), attn_backend=attn_backend)
+    if model_type == "vit":
+        from xformer.interop.hf_vit import load_hf_vit
+
+        return load_hf_vit(str(folder), attn_backend=attn_backend)
     from xformer.interop.hf_bert import load_hf_bert
 
     return load_hf_bert(str(folder), attn_backend=attn_backend)
+
+
+def _hf_folder(source: str) -> Path:
+    from xformer.hub import fetch_from_hub
+    from xformer.interop.hf_bert import transformer_dir
+
+    folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
+    return transformer_dir(folder) if folder.is_dir() else folder
+
+
+def load_config(path: str | Path) -> Section:
+    """The model config of what :func:`load` would load from ``path``, without reading any weights."""
+    import transformers
+
+    text = str(path)
+    if not text.startswith("hf:") and _kind(Path(path)) != "hf":
+        ckpt = Path(path)
+        if _kind(ckpt) == "run":
+            ckpt = latest_checkpoint(ckpt)
+            if ckpt is None:
+                raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
+        tree = load_yaml(ckpt / "config.yaml", "checkpoint config")
+        return model_config(tree.get("model"), str(ckpt / "config.yaml"))
+    folder = _hf_folder(text.removeprefix("hf:"))
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise XformerError(f"{folder}: not an HF model config ({str(err).strip().splitlines()[0][:160]})") from None
+    family = {"clip": "hf_clip", "vit": "hf_vit"}.get(hf_config.model_type, "hf_bert")
+    return importlib.import_module(f"xformer.interop.{family}").config_from_hf(hf_config)
 
 
 def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
@@ -83,10 +125,13 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
     - an xformer checkpoint directory (``model.safetensors`` + ``config.yaml``);
     - an HF BERT directory or sentence-transformers folder, or ``hf:<dir or hub id>``: see
       :func:`xformer.interop.load_hf_bert` (``BertForPreTraining`` with heads, else ``BertModel``);
-      an HF CLIP (``model_type`` "clip" in its config.json): :func:`xformer.interop.hf_clip.load_hf_clip`.
+      an HF ViT (``model_type`` "vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its classifier,
+      else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
     Anything else raises XformerError naming the path.
     """
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise XformerError(f"xformer.load: got {path!r}; {EXPECTED}")
     text = str(path)
     if text.startswith("hf:"):
         return _load_hf(text[3:], attn_backend)
@@ -102,32 +147,36 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
     return _load_checkpoint(path, attn_backend)
 
 
-def load_tokenizer(path: str | Path):
-    """The HF tokenizer belonging to what :func:`load` would load from ``path``.
-
-    A run directory's ``tokenizer/``; for a checkpoint, its run's (``ckpt.parent.parent / "tokenizer"``);
-    an HF or sentence-transformers directory's own; for ``hf:<dir or hub id>``, that model's.
-    """
-    from transformers import AutoTokenizer
-
+def tokenizer_dir(path: str | Path) -> str:
+    """Where the tokenizer of what :func:`load` would load from ``path`` is: a run directory's
+    ``tokenizer/``; a checkpoint's run's; an HF or sentence-transformers directory's own; a tokenizer
+    directory itself; for ``hf:<dir or hub id>``, that model's (a hub id stays a hub id)."""
     from xformer.interop.hf_bert import transformer_dir
 
     text = str(path)
     if text.startswith("hf:"):
         source = text[3:]
-        target = str(transformer_dir(Path(source))) if Path(source).is_dir() else source
+        return str(transformer_dir(Path(source))) if Path(source).is_dir() else source
+    path = Path(path)
+    if path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES) and not (path / "config.yaml").is_file():
+        return str(path)
+    kind = _kind(path)
+    if kind == "run":
+        tok_dir = path / "tokenizer"
+    elif kind == "checkpoint":
+        tok_dir = path.parent.parent / "tokenizer"
     else:
-        path = Path(path)
-        kind = _kind(path)
-        if kind == "run":
-            tok_dir = path / "tokenizer"
-        elif kind == "checkpoint":
-            tok_dir = path.parent.parent / "tokenizer"
-        else:
-            tok_dir = transformer_dir(path)
-        if not tok_dir.is_dir():
-            raise XformerError(f"{path}: no tokenizer found (looked for {tok_dir})")
-        target = str(tok_dir)
+        tok_dir = transformer_dir(path)
+    if not tok_dir.is_dir():
+        raise XformerError(f"{path}: no tokenizer found (looked for {tok_dir})")
+    return str(tok_dir)
+
+
+def load_tokenizer(path: str | Path):
+    """The HF tokenizer belonging to what :func:`load` would load from ``path`` (see :func:`tokenizer_dir`)."""
+    from transformers import AutoTokenizer
+
+    target = tokenizer_dir(path)
     try:
         return AutoTokenizer.from_pretrained(target)
     except OSError as err:

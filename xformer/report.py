@@ -1,9 +1,11 @@
-"""``xformer report``: a table (``report.md``) and plots comparing finished runs.
+"""``xformer report``: a table (``report.md``) and plots comparing runs.
 
 For each run directory: its resolved ``config.yaml``, ``metrics.jsonl`` and, when a sweep wrote it,
-``result.json``. The table lists the config keys that differ between the runs, the final and best
-validation metrics, the parameter count and the wall time. The plots (matplotlib, the ``plots`` extra)
-overlay the training and validation curves of every run and show the final metric per run as bars.
+``result.json``. The table lists the config keys that differ between the runs, each run's status
+(finished, failed, stopped early, no metrics), the final and best validation metrics, the parameter
+count and the wall time. Runs ranked by different metrics (an image run's ``acc``, a BERT's
+``mlm_acc``) get a column each. The plots (matplotlib, the ``plots`` extra) overlay the training and
+validation curves of every run and show the final metric per run as bars, one chart per metric.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 import math
 from pathlib import Path
 
-import yaml
-
+from xformer.config import load_yaml
 from xformer.errors import XformerError
+from xformer.metrics import read_metrics
+from xformer.sweep import read_result
 
 IGNORED_KEYS = ("out_dir", "sweep.", "train.progress")
 
@@ -29,38 +32,99 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _number(value) -> float | None:
+    """``value`` when it is a finite number (not a bool), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
 def _param_count(run_dir: Path) -> int | None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from xformer.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         return None
-    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
+    try:
+        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
+    except (OSError, SafetensorError):
+        return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory has its resolved ``config.yaml`` or, for a sweep run that failed early, ``result.json``."""
+    return (path / "config.yaml").is_file() or (path / "result.json").is_file()
+
+
+def _metric(config: dict) -> str | None:
+    """The validation metric that ranks a run: ``sweep.metric``, else its task's; None without a config."""
+    from xformer.tasks import DEFAULT_TASK, get_task
+
+    sweep = config.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("metric"), str):
+        return sweep["metric"]
+    if not config:
+        return None
+    try:
+        return get_task(config.get("task", DEFAULT_TASK)).primary_metric
+    except XformerError:  # a task this version does not know
+        return None
+
+
+def _status(config: dict, result: dict, records: list[dict]) -> str:
+    """``finished``, ``failed: <error>``, ``no metrics``, ``stopped at step N``, or what is known of the end."""
+    if result.get("status") == "failed":
+        return f"failed: {result.get('error') or 'see train.log'}"
+    if not records:
+        return "no metrics"
+    last = max(r["step"] for r in records)
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    if isinstance(result.get("step"), int):
+        end = result["step"]  # a sweep's record of where the run ended
+    elif train.get("epochs") is None and isinstance(train.get("max_steps"), int):
+        end = train["max_steps"]
+    else:
+        return f"step {last} (train.epochs: last step not known)"
+    if last >= end:
+        return "finished"
+    minutes = _number(train.get("max_minutes"))
+    elapsed = max((_number(r.get("elapsed_s")) or 0 for r in records), default=0)
+    if minutes is not None and elapsed >= 60 * minutes:
+        return f"finished (train.max_minutes, step {last})"
+    return f"stopped at step {last}"
+
+
+def _best(records: list[dict], metric: str) -> float | None:
+    """The highest finite value of ``metric`` in ``records``, or None."""
+    return max((v for r in records if (v := _number(r.get(metric))) is not None), default=None)
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """A run's config (flattened), metric records by split, final and best validation metrics, size, time."""
-    from xformer.runner import PRIMARY_METRIC
-
+    """A run's config (flattened), metric records by split, final and best validation metrics, status,
+    size and time. A run that failed, stopped early or logged nothing is read as such; XformerError only
+    for a directory that is not a run."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.jsonl").is_file():
-        raise XformerError(f"{run_dir}: not a run directory (config.yaml and metrics.jsonl expected)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not is_run_dir(run_dir):
+        raise XformerError(f"{run_dir}: not a run directory (config.yaml expected)")
+    result, problem = read_result(run_dir), None
+    try:
+        config = load_yaml(run_dir / "config.yaml", "run config") if (run_dir / "config.yaml").is_file() else {}
+        records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    except XformerError as err:
+        config, records, problem = {}, [], f"unreadable: {err}"
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
-    metric = (config.get("sweep") or {}).get("metric") or PRIMARY_METRIC.get(config.get("task"), "acc")
-    result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
-    scored = [r for r in val if metric in r]
+    metric = _metric(config)
+    wall = _number(result.get("wall_s"))
     return {
         "dir": run_dir, "name": run_dir.name, "config": _flatten(config), "metric": metric,
+        "status": problem or _status(config, result, records),
         "train": train, "val": val, "final": val[-1] if val else {},
-        "best": max((r[metric] for r in scored), default=None),
+        "best": _best(val, metric) if metric else None,
         "params": _param_count(run_dir),
-        "wall_s": result.get("wall_s", train[-1].get("elapsed_s") if train else None),
+        "wall_s": wall if wall is not None else _number(train[-1].get("elapsed_s")) if train else None,
     }
 
 
@@ -75,32 +139,43 @@ def varied_keys(runs: list[dict]) -> list[str]:
             and len({json.dumps(r["config"][k], sort_keys=True) for r in runs if k in r["config"]}) > 1]
 
 
+def metrics(runs: list[dict]) -> list[str]:
+    """The validation metrics that rank ``runs``, each once, in run order (one per task, or ``sweep.metric``)."""
+    return list(dict.fromkeys(r["metric"] for r in runs if r["metric"]))
+
+
 def _cell(value) -> str:
+    """A table cell: ``-`` for None, 4 significant digits for a float (``nan`` stays ``nan``), text
+    on one line with ``|`` escaped."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def table(runs: list[dict]) -> str:
-    """The Markdown table of ``runs``: varied keys, final val loss and metric, best metric, size, time."""
-    metric = runs[0]["metric"]
+    """The Markdown table of ``runs``: varied keys, status, final val loss, then the final and best value
+    of each ranking metric (``-`` where a run has none), size, time."""
     keys = varied_keys(runs)
-    head = ["run", *keys, "val loss", f"val {metric}", f"best val {metric}", "params", "wall time (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ranked = metrics(runs)
+    head = ["run", *keys, "status", "val loss", *(f"{w}val {m}" for m in ranked for w in ("", "best ")),
+            "params", "wall time (s)"]
+    lines = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         params = f"{r['params'] / 1e6:.2f}M" if r["params"] else "-"
-        wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
-        row = [r["name"], *(_cell(r["config"].get(k)) for k in keys), _cell(r["final"].get("loss")),
-               _cell(r["final"].get(metric)), _cell(r["best"]), params, wall]
+        wall = f"{r['wall_s']:.0f}" if _number(r["wall_s"]) is not None else "-"
+        scores = [_cell(v) for m in ranked for v in (r["final"].get(m), _best(r["val"], m))]
+        row = [_cell(r["name"]), *(_cell(r["config"].get(k)) for k in keys), _cell(r["status"]),
+               _cell(r["final"].get("loss")), *scores, params, wall]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict], out_dir: Path) -> list[Path]:
-    """``curves.png`` (loss and metric against step, train solid, validation dashed) and ``final.png``
-    (the final validation metric per run); [] when matplotlib is not installed."""
+    """``curves.png`` (loss and each ranking metric against step, train solid, validation dashed) and
+    ``final.png`` (the final validation value per run, one chart per metric); [] when matplotlib is not
+    installed. Missing and non-finite values are left out of the curves and shown as ``-`` bars."""
     try:
         import matplotlib
 
@@ -108,31 +183,37 @@ def plot(runs: list[dict], out_dir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    metric = runs[0]["metric"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ranked = metrics(runs)
+    keys = ["loss", *ranked]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    axes = axes[0]
     for i, r in enumerate(runs):
         colour = f"C{i % 10}"
-        for ax, key in zip(axes, ("loss", metric)):
+        for ax, key in zip(axes, keys):
             for split, style in (("train", "-"), ("val", "--")):
-                pts = [(p["step"], p[key]) for p in r[split] if key in p]
+                pts = [(p["step"], v) for p in r[split] if (v := _number(p.get(key))) is not None]
                 if pts:
                     ax.plot(*zip(*pts), style, color=colour, label=f"{r['name']} ({split})", marker="." if split == "val" else None)
-    for ax, key in zip(axes, ("loss", metric)):
+    for ax, key in zip(axes, keys):
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     curves = out_dir / "curves.png"
     fig.savefig(curves, dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(runs) + 2), 4))
+    if not ranked:
+        return [curves]
+    fig, axes = plt.subplots(len(ranked), 1, figsize=(max(5, 0.9 * len(runs) + 2), 4 * len(ranked)), squeeze=False)
     names = [r["name"] for r in runs]
-    values = [r["final"].get(metric, float("nan")) for r in runs]
-    bars = ax.bar(range(len(runs)), values, color=[f"C{i % 10}" for i in range(len(runs))])
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_xticks(range(len(runs)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"final val {metric}")
+    for ax, metric in zip(axes[:, 0], ranked):
+        values = [_number(r["final"].get(metric)) for r in runs]
+        bars = ax.bar(range(len(runs)), [v or 0.0 for v in values], color=[f"C{i % 10}" for i in range(len(runs))])
+        ax.bar_label(bars, labels=[f"{v:.3f}" if v is not None else "-" for v in values], fontsize=8)
+        ax.set_xticks(range(len(runs)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"final val {metric}")
     fig.tight_layout()
     final = out_dir / "final.png"
     fig.savefig(final, dpi=110)
@@ -144,13 +225,22 @@ def expand_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories; a directory that is not a run but holds runs (a sweep) stands for them."""
     out = []
     for p in map(Path, paths):
-        if (p / "config.yaml").is_file():
+        if is_run_dir(p):
             out.append(p)
-        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if (d / "config.yaml").is_file())):
+        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if d.is_dir() and is_run_dir(d))):
             out.extend(subs)
         else:
             raise XformerError(f"{p}: not a run directory, nor a folder of runs")
     return out
+
+
+def _metric_note(runs: list[dict]) -> str:
+    """The report's line on the ranking metric(s), naming which runs use which when they differ."""
+    ranked = metrics(runs)
+    if len(ranked) <= 1:
+        return f"Validation metric: `{ranked[0] if ranked else '-'}` (final = last evaluation).\n"
+    uses = "; ".join(f"`{m}` ({', '.join(r['name'] for r in runs if r['metric'] == m)})" for m in ranked)
+    return f"Validation metrics differ between the runs, one column each: {uses} (final = last evaluation).\n"
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
@@ -161,7 +251,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plot(runs, out_dir)
-    text = f"# Report: {len(runs)} runs\n\nValidation metric: `{runs[0]['metric']}` (final = last evaluation).\n\n"
+    text = f"# Report: {len(runs)} runs\n\n{_metric_note(runs)}\n"
     text += table(runs)
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in images) or "\n(plots need matplotlib: pip install 'xformer[plots]')\n"
     (out_dir / "report.md").write_text(text)

@@ -2,9 +2,13 @@
 
 The grid comes from the recipe's ``sweep`` section and ``--grid key=v1,v2`` flags (a flag replaces the
 recipe's values for its key); each grid point is crossed with each of ``sweep.variants``. Runs go one
-after another into ``OUT/<name>``, named by the values that vary (``optimizer=sgd_lr=0.01``). A run that
-finished (``result.json`` written) is skipped on a rerun, one that was cut short resumes from its last
-checkpoint: rerunning a sweep finishes it. At the end the report (:mod:`xformer.report`) is written.
+after another into ``OUT/<name>``, named by the values that vary (``optimizer=sgd_lr=0.01``).
+
+Each run ends with ``RUN/result.json`` (its final metrics, or ``"status": "failed"`` and the error). On a
+rerun, a finished run is skipped when its saved ``config.yaml`` matches what the recipe now decides (and
+the rerun is refused when it does not), a failed one is retried and one that was cut short resumes from
+its last checkpoint: rerunning a sweep finishes it. A failing run does not stop the others; at the end
+the report (:mod:`xformer.report`) is written, then the failures are raised as one error.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import copy
 import itertools
 import json
 import re
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,12 @@ from typing import Any
 import yaml
 
 from xformer.checkpoint import atomic_write_text, latest_checkpoint
-from xformer.config import _set_path, load_yaml, parse_config, parse_override
+from xformer.config import load_yaml
 from xformer.errors import XformerError
+from xformer.metrics import finite_or_none
+from xformer.recipe import parse_override, set_path
+from xformer.run_dir import config_diff, prepare_dir, recipe_tree, saved_config
+from xformer.tasks import parse_config
 
 
 @dataclass
@@ -69,13 +79,15 @@ def run_name(variant: str | None, values: dict[str, Any]) -> str:
     return "_".join(parts) or "run"
 
 
+
 def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
            out_dir: str | None = None) -> tuple[Path, list[SweepRun]]:
-    """The sweep's directory and its runs, every config validated before anything trains."""
+    """The sweep's directory and its runs, every config validated before anything trains. Each run
+    keeps the recipe's ``sweep.metric``, so that a report on its directory ranks by that metric."""
     tree = load_yaml(recipe)
     for text in overrides:
         keys, value = parse_override(text)
-        _set_path(tree, keys, value)
+        set_path(tree, keys, value)
     base = parse_config(tree, str(recipe))  # validates the recipe and its sweep section
     axes = dict(base.sweep.grid)
     for text in grid:
@@ -86,13 +98,15 @@ def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
         raise XformerError(f"{recipe}: nothing to sweep; give --grid key=v1,v2 or a sweep.grid section")
     root = Path(out_dir or base.out_dir or Path("runs") / Path(recipe).stem)
     tree.pop("sweep", None)
+    if base.sweep.metric is not None:
+        tree["sweep"] = {"metric": base.sweep.metric}
     runs = []
     for variant, changes in variants.items():
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
             child = copy.deepcopy(tree)
             for key, value in [*changes.items(), *values.items()]:
-                _set_path(child, key.split("."), value)
+                set_path(child, key.split("."), value)
             name = run_name(variant, values)
             child["out_dir"] = str(root / name)
             what = f"{recipe} run {name}"
@@ -103,34 +117,118 @@ def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
     return root, runs
 
 
+# ----------------------------------------------------------------------------- result.json
+
+
+def read_result(run_dir: str | Path) -> dict:
+    """A run's ``result.json`` as a sweep wrote it; {} when there is none, or (with a warning) when it
+    cannot be read."""
+    file = Path(run_dir) / "result.json"
+    if not file.is_file():
+        return {}
+    try:
+        result = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        result = None
+    if not isinstance(result, dict):
+        print(f"warning: {file}: not a sweep result (a JSON object expected), ignored", file=sys.stderr)
+        return {}
+    return result
+
+
+def is_finished(result: dict) -> bool:
+    """Whether a :func:`read_result` is of a finished run (one written before runs had a ``status`` is)."""
+    return bool(result) and result.get("status", "finished") == "finished"
+
+
+def _one_line(err: Exception) -> str:
+    """An exception as one line: its message (with its type unless it is an XformerError), at most 300 characters."""
+    text = " ".join(str(err).split())
+    if not isinstance(err, XformerError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _refuse_changed(recipe: str | Path, finished: list[SweepRun]) -> None:
+    """XformerError when a finished run was trained with another config than the sweep now gives it:
+    skipping it would report stale results under the new values."""
+    changed = []
+    for r in finished:
+        run_dir = Path(r.cfg.out_dir)
+        try:
+            saved = saved_config(run_dir)
+        except XformerError as err:
+            changed.append((r, run_dir, f"its config.yaml cannot be read ({err})"))
+            continue
+        diff = config_diff(saved, recipe_tree(r.cfg)) if saved is not None else "it has no config.yaml to compare with"
+        if diff is not None:
+            changed.append((r, run_dir, diff))
+    if changed:
+        r, run_dir, diff = changed[0]
+        more = f" (and {len(changed) - 1} more of its runs)" if len(changed) > 1 else ""
+        raise XformerError(f"{recipe}: sweep run {r.name} finished with another config than now: {diff}{more}; "
+                           f"use another --out for the new sweep, or delete {run_dir} to run it again")
+
+
+def _run_one(r: SweepRun, label: str, train) -> bool:
+    """Train one run with ``train`` (resuming from its checkpoints, if any; output to ``RUN/train.log``)
+    and write its ``result.json``; False when it failed, whatever the error."""
+    run_dir = Path(r.cfg.out_dir)
+    resume = latest_checkpoint(run_dir) is not None
+    prepare_dir(run_dir)
+    r.cfg.train.progress = False
+    error, t0 = None, time.perf_counter()
+    with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            result = train(r.cfg, resume=resume)
+        except Exception as err:  # this run's failure only: the sweep goes on (KeyboardInterrupt still stops it)
+            if isinstance(err, XformerError):
+                print(f"error: {err}", file=sys.stderr)
+            else:
+                traceback.print_exc()
+            error = _one_line(err)
+    wall = time.perf_counter() - t0
+    record = {"name": r.name, "values": r.values, "wall_s": wall, "resumed": resume}
+    if error is not None:
+        record.update(status="failed", error=error)
+        atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2))
+        print(f"{label}: failed after {wall:.0f} s: {error}", flush=True)
+        return False
+    record.update(status="finished", step=result["step"], val=finite_or_none(result["val"]),
+                  train=finite_or_none(result["train"]))
+    atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False))
+    val = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} -"
+                    for k, v in record["val"].items() if not k.startswith(("i2t", "zs_")))
+    print(f"{label}: {'resumed, ' if resume else ''}{wall:.0f} s; val {val}", flush=True)
+    return True
+
+
 def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), out_dir: str | None = None) -> Path:
     """Run (or finish) the sweep one run at a time; each run's output goes to ``RUN_DIR/train.log``.
-    Returns the sweep directory, which then holds ``report.md`` and the plots."""
+    Returns the sweep directory, which then holds ``report.md`` and the plots; XformerError after the
+    report when some runs failed."""
     from xformer.report import write_report
-    from xformer.runner import run
+    from xformer.tasks import run
 
     root, runs = expand(recipe, overrides, grid, out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    finished = {r.name for r in runs if is_finished(read_result(r.cfg.out_dir))}
+    _refuse_changed(recipe, [r for r in runs if r.name in finished])
+    prepare_dir(root)
     atomic_write_text(root / "sweep.yaml", yaml.safe_dump(
         {"recipe": str(recipe), "overrides": list(overrides), "runs": {r.name: r.values for r in runs}}, sort_keys=False))
+    failed = []
     for i, r in enumerate(runs, 1):
-        run_dir = Path(r.cfg.out_dir)
         label = f"[{i}/{len(runs)}] {r.name}"
-        if (run_dir / "result.json").is_file():
+        if r.name in finished:
             print(f"{label}: finished before, skipped", flush=True)
-            continue
-        resume = latest_checkpoint(run_dir) is not None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        r.cfg.train.progress = False
-        t0 = time.perf_counter()
-        with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            result = run(r.cfg, resume=resume)
-        wall = time.perf_counter() - t0
-        atomic_write_text(run_dir / "result.json", json.dumps(
-            {"name": r.name, "values": r.values, "step": result["step"], "val": result["val"],
-             "train": result["train"], "wall_s": wall, "resumed": resume}, indent=2))
-        val = ", ".join(f"{k} {v:.4g}" for k, v in result["val"].items() if not k.startswith(("i2t", "zs_")))
-        print(f"{label}: {'resumed, ' if resume else ''}{wall:.0f} s; val {val}", flush=True)
+        elif not _run_one(r, label, run):
+            failed.append(r.name)
     report = write_report([Path(r.cfg.out_dir) for r in runs], root)
     print(f"report: {report}")
+    if failed:
+        log = root / failed[0] / "train.log" if len(failed) == 1 else root / "<run>" / "train.log"
+        raise XformerError(f"{len(failed)} of {len(runs)} sweep runs failed: {', '.join(failed)}; see {log}")
     return root

@@ -1,7 +1,8 @@
 """The training loop shared by every model.
 
-A *task* adapts a model family to the loop. It provides ``train_data`` / ``val_data`` (``len()`` and
-``batch(indices) -> dict of CPU tensors``) and three methods:
+A *task* adapts a model family to the loop (the ``Task`` protocol of :mod:`xformer.tasks.base`). It
+provides ``train_data`` / ``val_data`` (``len()`` and ``batch(indices) -> dict of CPU tensors``) and
+three methods:
 
 - ``prepare(batch, generator, train)``: on-device, random per batch work (masking, augmentation;
   with ``train=False`` only what evaluation needs, e.g. fixed masks, no augmentation);
@@ -14,34 +15,29 @@ A *task* adapts a model family to the loop. It provides ``train_data`` / ``val_d
 Every process builds the same global micro-batch from the step number alone (a seeded permutation per
 epoch, a seeded generator per micro-batch) and keeps its own rows. So resuming needs only the step and
 the RNG state, and data-parallel runs reproduce single-process ones.
+
+A step whose loss or gradient norm is not finite stops training at the next log or save (one host
+sync there, none per step) with an error naming the step; no checkpoint is written after it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xformer import distributed
-from xformer.checkpoint import (
-    atomic_write_text,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from xformer.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
+from xformer.layers import configure_attention
+from xformer.metrics import MetricsLog, start_wandb
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -77,58 +73,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line; on resume, lines after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None, wandb_run=None):
-        self.path, self.wandb_run = path, wandb_run
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        elif path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb_run is not None:
-            split = record["split"]
-            self.wandb_run.log({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
-                               step=record["step"])
-
-
-def start_wandb(cfg: RunConfig, run_dir: Path):
-    wcfg = cfg.train.wandb
-    if not wcfg.enabled:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise XformerError("train.wandb.enabled is true but wandb is not installed (pip install 'xformer[wandb]')") from None
-    mode = wcfg.mode if wcfg.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project=wcfg.project, name=wcfg.name or run_dir.name, dir=str(run_dir), mode=mode,
-                      config=cfg.model_dump(mode="json"))
-
-
-def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Refuse to overwrite a run; on ``--resume``, refuse a recipe whose model or data sections changed."""
-    has_ckpt = latest_checkpoint(run_dir) is not None
-    if has_ckpt and not resume:
-        raise XformerError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or --out another dir")
-    saved = run_dir / "config.yaml"
-    if resume and has_ckpt and saved.is_file():
-        old, new = yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json")
-        # with model.init, the architecture comes from the checkpoint, not from the recipe's model keys
-        for section in ("data",) if getattr(cfg.model, "init", None) else ("model", "data"):
-            before, now = old.get(section, {}), new[section]
-            # keys filled in at run time (vocab_size, num_classes) are None in a recipe
-            diff = [k for k in now if now[k] is not None and before.get(k) != now[k]]
-            if diff:
-                raise XformerError(f"--resume: {section}.{diff[0]} differs from {saved} "
-                                   f"({before.get(diff[0])!r} there, {now[diff[0]]!r} now)")
-
-
 class Trainer:
     """Runs ``cfg.train`` on ``model`` for ``task``; checkpoints and metrics go to ``run_dir``."""
 
@@ -142,6 +86,7 @@ class Trainer:
         self.optimizer = build_optimizer(groups, self.tcfg, dist.device)
         bf16 = self.tcfg.precision == "bf16" or (self.tcfg.precision == "auto" and dist.device.type == "cuda")
         self.autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
+        configure_attention(self.model, dist.device, torch.bfloat16 if bf16 else torch.float32)
         self.micro_batch = self.tcfg.batch_size * dist.world_size  # rows of one global micro-batch
         if len(task.train_data) < self.micro_batch:
             raise XformerError(f"the training data has {len(task.train_data)} examples, fewer than one batch "
@@ -159,6 +104,7 @@ class Trainer:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             step_model = DistributedDataParallel(step_model, device_ids=ids)
         self.step_model = step_model
+        self._first_bad = torch.tensor(-1, device=dist.device)
 
     # ------------------------------------------------------------------ data
     def _generator(self, seed: int) -> torch.Generator:
@@ -192,10 +138,14 @@ class Trainer:
                 loss, c = self.task.loss(self.step_model, self._local(full), full)
             # DDP averages gradients over processes; losses are already shares of the global batch.
             (loss * self.dist.world_size / accum).backward()
+            c["nonfinite"] = (~torch.isfinite(loss.detach())).sum()
             for n, v in c.items():
                 counts[n] = counts[n] + v if n in counts else v
         if self.tcfg.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
+            counts["nonfinite"] = counts["nonfinite"] + (~torch.isfinite(norm)).sum()
+        # the first step with a non-finite loss or gradient, kept on the device (no host sync per step)
+        self._first_bad = torch.where((self._first_bad < 0) & (counts["nonfinite"] > 0), step + 1, self._first_bad)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,6 +186,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start_step, elapsed_before = state["step"], state["elapsed"]
+            if start_step > self.total_steps:
+                raise XformerError(f"--resume: {ckpt} is at step {start_step}, beyond the {self.total_steps} steps "
+                                   f"train.max_steps / train.epochs ask for; raise them to continue")
+            if start_step == self.total_steps and is_main:
+                print(f"{self.run_dir}: already trained for all {self.total_steps} steps ({ckpt.name})")
         log = MetricsLog(self.run_dir / "metrics.jsonl", start_step if resume else None,
                          start_wandb(self.cfg, self.run_dir)) if is_main else None
         bar = tqdm(total=self.total_steps, initial=start_step, disable=not (is_main and tcfg.progress),
@@ -260,6 +215,8 @@ class Trainer:
                     if unit in sums:
                         train_metrics[f"{unit}_per_s"] = sums[unit] / (now - t_log)
                 window, t_log = {}, now
+                if sums.get("nonfinite"):
+                    self._stop_if_diverged(bar, log)
                 if is_main:
                     log.write({"step": step, "split": "train", **train_metrics,
                                "elapsed_s": elapsed_before + now - t_start})
@@ -274,6 +231,7 @@ class Trainer:
                     log.write({"step": step, "split": "val", **val_metrics})
                     bar.write(f"step {step} | val " + " | ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
             if step % self.save_every == 0 or last:
+                self._stop_if_diverged(bar, log)
                 if is_main:
                     state = {"step": step, "optimizer": self.optimizer.state_dict(),
                              "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
@@ -284,6 +242,20 @@ class Trainer:
             if last:
                 break
         bar.close()
-        if log is not None and log.wandb_run is not None:
-            log.wandb_run.finish()
+        if log is not None:
+            log.close()
         return {"step": step, "train": train_metrics, "val": val_metrics}
+
+    def _stop_if_diverged(self, bar, log) -> None:
+        """Stop (XformerError) once a step had a non-finite loss or gradient: nothing more is saved."""
+        first_bad = int(self._first_bad)
+        if first_bad < 0:
+            return
+        bar.close()
+        if log is not None:
+            log.close()
+        last_good = latest_checkpoint(self.run_dir)
+        raise XformerError(
+            f"step {first_bad}: the training loss or gradient is not finite (diverged at lr "
+            f"{self.scheduler.get_last_lr()[0]:.3g}); training stopped and nothing was saved after it; "
+            f"the last good checkpoint is {last_good or 'none'}; lower train.lr or raise train.warmup_steps")

@@ -8,9 +8,8 @@ is found when any of its captions is in the top K) and text->image recall@1/5/10
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ CIFAR10_TEMPLATES = [
     "a good photo of the {c}.", "a photo of the small {c}.", "a photo of the big {c}.",
 ]
 RECALL_AT = (1, 5, 10)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def preprocess(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -55,13 +55,51 @@ def encode_texts(model, texts: list[str], tokenize: Callable, batch_size: int, d
     return torch.cat(out)
 
 
+def check_class_names(classes: Sequence[str], where: str) -> None:
+    """XformerError unless ``classes`` are names a prompt can be built from: one or more distinct,
+    non-empty strings, not all of them numbers (a Parquet without ClassLabel metadata gives "0".."9")."""
+    if isinstance(classes, str) or not classes:
+        raise XformerError(f"{where}: zero-shot needs a list of class names, got {classes!r}")
+    if all(_is_number(c) for c in classes):
+        shown = ", ".join(map(str, classes[:4])) + (", ..." if len(classes) > 4 else "")
+        raise XformerError(f"{where}: the class names are numbers ({shown}), which make meaningless prompts; "
+                           f"pass the names with --classes (CLI) or eval.classes (recipe)")
+    bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise XformerError(f"{where}: class name {bad[0]!r} is not a name; class names are non-empty strings")
+    twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
+    if twice is not None:
+        raise XformerError(f"{where}: class name {twice!r} appears twice; each class needs its own name")
+
+
+def _is_number(name) -> bool:
+    if isinstance(name, str):
+        return _NUMBER.fullmatch(name.strip()) is not None
+    return isinstance(name, (int, float)) and not isinstance(name, bool)
+
+
+def check_templates(templates: Sequence[str], where: str) -> None:
+    """XformerError unless ``templates`` is a non-empty list of strings that each contain ``{c}``."""
+    if isinstance(templates, str) or not templates:
+        raise XformerError(f"{where}: zero-shot needs a list of prompt templates containing '{{c}}', got {templates!r}")
+    bad = [t for t in templates if not isinstance(t, str) or "{c}" not in t]
+    if bad:
+        raise XformerError(f"{where}: prompt template {bad[0]!r} has no '{{c}}' (where the class name goes)")
+
+
+def prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every template with ``{c}`` replaced by each class name, class by class. Other braces are kept as
+    they are (no ``str.format``): ``"{x} {c}"`` -> ``"{x} cat"``."""
+    return [t.replace("{c}", c) for c in classes for t in templates]
+
+
 def zeroshot_classifier(model, classes: Sequence[str], templates: Sequence[str], tokenize: Callable,
-                        device: torch.device, batch_size: int = 256) -> torch.Tensor:
+                        device: torch.device, batch_size: int = 256, where: str = "zero-shot") -> torch.Tensor:
     """(K, E): for each class, the renormalised mean of its normalised prompt embeddings."""
-    if not classes or not templates or any("{c}" not in t for t in templates):
-        raise XformerError("zero-shot needs class names and templates that each contain '{c}'")
-    prompts = [t.format(c=c) for c in classes for t in templates]
-    emb = encode_texts(model, prompts, tokenize, batch_size, device).view(len(classes), len(templates), -1)
+    check_class_names(classes, where)
+    check_templates(templates, where)
+    emb = encode_texts(model, prompts(classes, templates), tokenize, batch_size, device)
+    emb = emb.view(len(classes), len(templates), -1)
     return F.normalize(F.normalize(emb, dim=-1).mean(dim=1), dim=-1)
 
 
@@ -94,51 +132,23 @@ def retrieval_scores(image_embeds: torch.Tensor, text_embeds: torch.Tensor, owne
     return scores
 
 
-# ----------------------------------------------------------------------------- on a trained run
+# ----------------------------------------------------------------------------- scores
 
 
-def _load_run(run_dir: str | Path):
-    from xformer.config import ContrastiveConfig, load_yaml, parse_config
-    from xformer.data.captions import Tokenize
-    from xformer.loading import load, load_tokenizer
-
-    run_dir = Path(run_dir)
-    model = load(run_dir)
-    if not hasattr(model, "encode_text"):
-        raise XformerError(f"{run_dir}: a {type(model).__name__}, not an image-text (CLIP) model")
-    cfg_path = run_dir / "config.yaml" if (run_dir / "config.yaml").is_file() else run_dir.parent.parent / "config.yaml"
-    cfg = parse_config(load_yaml(cfg_path), str(cfg_path))
-    assert isinstance(cfg, ContrastiveConfig)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = cfg.model.vision.image_size
-    transform = lambda x: preprocess(x, size, cfg.data.mean, cfg.data.std)
-    return model.to(device), Tokenize(load_tokenizer(run_dir), cfg.data.max_text_len), transform, device, cfg
-
-
-def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
-                 templates: list[str] | None = None, max_images: int | None = None, batch_size: int = 256) -> dict:
-    """Zero-shot classification of a labelled image source with a trained run; writes
-    ``RUN_DIR/zeroshot_<source name>.json`` and returns the scores."""
-    from xformer.config import ImageDataConfig
-    from xformer.data.images import load_image_data
-
-    model, tokenize, transform, device, _ = _load_run(run_dir)
-    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images))
-    scores = zeroshot_eval(model, data.train.images, data.train.labels, classes or data.class_names,
-                           templates or CIFAR10_TEMPLATES, tokenize, transform, device, batch_size)
-    name = Path(source if isinstance(source, str) else source[0]).stem
-    out = Path(run_dir) / f"zeroshot_{name}.json"
-    out.write_text(json.dumps({"source": source, "images": len(data.train), **scores}, indent=2))
-    print(f"zero-shot {source}: {len(data.train)} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items())
-          + f" -> {out}")
-    return scores
-
-
-def zeroshot_eval(model, images, labels, classes, templates, tokenize, transform, device, batch_size=256) -> dict:
-    """Zero-shot scores of uint8 ``images`` (N, C, H, W) with class indices ``labels`` (N,)."""
-    if int(labels.max()) >= len(classes):
-        raise XformerError(f"labels go up to {int(labels.max())} but there are {len(classes)} class names")
-    classifier = zeroshot_classifier(model, classes, templates, tokenize, device, batch_size)  # (K, E)
+def zeroshot_eval(model, images, labels, classes, templates, tokenize, transform, device, batch_size=256,
+                  where: str = "zero-shot") -> dict:
+    """Zero-shot scores of uint8 ``images`` (N, C, H, W) with class indices ``labels`` (N,); ``where``
+    names the data in errors."""
+    check_class_names(classes, where)
+    check_templates(templates, where)
+    if len(images) == 0:
+        raise XformerError(f"{where}: no images to classify")
+    if len(labels) != len(images):
+        raise XformerError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
+        raise XformerError(f"{where}: labels go from {int(labels.min())} to {int(labels.max())} "
+                           f"but there are {len(classes)} class names")
+    classifier = zeroshot_classifier(model, classes, templates, tokenize, device, batch_size, where)  # (K, E)
     image_embeds = encode_images(model, images, transform, batch_size, device)  # (N, E)
     return classification_scores(image_embeds @ classifier.t(), labels)
 
@@ -149,21 +159,3 @@ def retrieval_eval(model, dataset, tokenize, transform, device, batch_size=256) 
     image_embeds = encode_images(model, dataset.images, transform, batch_size, device)
     text_embeds = encode_texts(model, texts, tokenize, batch_size, device)
     return retrieval_scores(image_embeds, text_embeds, owners)
-
-
-def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: int = 256) -> dict:
-    """Image-text retrieval on an image-caption source with a trained run; writes
-    ``RUN_DIR/retrieval_<source name>.json`` and returns the scores."""
-    from xformer.data.captions import CaptionDataset, _load_pairs
-    from xformer.data.pretraining import default_cache_dir
-
-    model, tokenize, transform, device, cfg = _load_run(run_dir)
-    images, captions = _load_pairs(source, split, "--data", cfg.data, default_cache_dir(cfg.data))
-    dataset = CaptionDataset(images, captions, tokenize)
-    scores = retrieval_eval(model, dataset, tokenize, transform, device, batch_size)
-    name = Path(source if isinstance(source, str) else source[0]).stem
-    out = Path(run_dir) / f"retrieval_{name}.json"
-    out.write_text(json.dumps({"source": source, "images": len(dataset), **scores}, indent=2))
-    print(f"retrieval {source}: {len(dataset)} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items())
-          + f" -> {out}")
-    return scores

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from xformer.config import CaptionDataConfig, ImageDataConfig
-from xformer.data.image_sources import ImageSource, resolve_image_source
-from xformer.data.images import _load_source, _split_off
-from xformer.data.pretraining import default_cache_dir, log
+from xformer.data.cache import default_cache_dir, log
+from xformer.data.images import _load_source, _split_off, resolve_image_source
+from xformer.data.sources import Source, parquet_schema, pick_column
 from xformer.data.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
@@ -83,34 +82,35 @@ class CaptionData:
     tokenize: Tokenize
 
 
-def _caption_column(src: ImageSource, cfg: CaptionDataConfig, key: str) -> str:
+def _caption_column(src: Source, cfg: CaptionDataConfig, key: str) -> str:
     """The configured caption column, else the first of CAPTION_COLUMNS that a Parquet source has."""
     if src.kind == "folder":
         raise XformerError(f"{key} {src.name!r}: an image folder has no captions; use Parquet or an HF dataset")
     if src.kind == "hub":
         return cfg.caption_column or CAPTION_COLUMNS[0]
-    names = pq.read_schema(src.files[0]).names
-    if cfg.caption_column is not None:
-        if cfg.caption_column not in names:
-            raise XformerError(f"{src.files[0]}: no column {cfg.caption_column!r} (columns: {', '.join(names)}); "
-                               f"set data.caption_column")
-        return cfg.caption_column
-    column = next((c for c in CAPTION_COLUMNS if c in names), None)
-    if column is None:
-        raise XformerError(f"{src.files[0]}: no caption column found (columns: {', '.join(names)}); "
-                           f"set data.caption_column")
-    return column
+    names = parquet_schema(src.files[0]).names
+    return pick_column(names, cfg.caption_column, CAPTION_COLUMNS, "caption_column", str(src.files[0]))
 
 
 def _load_pairs(source, split: str, key: str, cfg: CaptionDataConfig, root: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """Images (N, 3, H, W) uint8 and captions (N, K) str of a source ("" where a row has fewer than K).
+    Blank captions count as missing; images left with none are dropped, with a warning."""
     src = resolve_image_source(source, key, split)
     image_cfg = ImageDataConfig(source=source, split=split, image_column=cfg.image_column,
                                 label_column=_caption_column(src, cfg, key), image_size=cfg.image_size,
                                 max_images=cfg.max_images)
-    images, raw, _ = _load_source(src, image_cfg, root)
-    captions = raw.reshape(len(raw), -1) if raw.dtype.kind == "U" else None
-    if captions is None:
+    images, raw, _ = _load_source(src, image_cfg, root, captions=True)
+    if raw.dtype.kind != "U":
         raise XformerError(f"{key}: column {image_cfg.label_column!r} holds {raw.dtype} values, not caption strings")
+    captions = raw.reshape(len(raw), -1)
+    captions = np.where(np.char.strip(captions) == "", "", captions)  # blank: missing
+    keep = (captions != "").any(axis=1)  # (N,) images with a caption
+    if not keep.any():
+        raise XformerError(f"{key} {src.described!r}: no image has a caption (all {len(keep)} are empty or blank)")
+    if not keep.all():
+        log(f"{key} {src.described}: dropped {int((~keep).sum())} of {len(keep)} images with no caption "
+            f"(empty or whitespace)")
+        images, captions = images[torch.from_numpy(keep)], captions[keep]
     return images, captions
 
 

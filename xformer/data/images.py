@@ -21,28 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from xformer.config import ImageDataConfig
-from xformer.data.image_sources import (
-    ImageSource,
-    RowReader,
-    decode_image,
-    open_reader,
-    resolve_image_source,
-)
-from xformer.data.pretraining import default_cache_dir, log
+from xformer.data.cache import default_cache_dir, log, publish_dir
+from xformer.data.image_sources import RowReader, decode_image, open_reader
+from xformer.data.labels import class_label, require_two_classes
+from xformer.data.sources import Source, resolve
 from xformer.errors import XformerError
 
 FORMAT_VERSION = 1
+# What PIL raises on a malformed or hostile file; anything else is a bug and keeps its traceback.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def resolve_image_source(source: str | list[str], key: str, split: str) -> Source:
+    """Parquet files, a class-per-sub-folder image folder or an HF hub split, as ``key`` names them."""
+    return resolve(source, key, (".parquet",), split, image_folder=True)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -78,18 +79,40 @@ class ImageData:
         return len(self.class_names)
 
 
-def _decode_to(path: Path, reader: RowReader, image_size: int | None) -> None:
-    """Decode every row of ``reader`` into ``path``/{images,labels}.npy and meta.json."""
-    path.mkdir(parents=True)
+def _caption(value, where: str, column: str) -> str | list[str] | None:
+    """A row's captions as read: a string, a list of strings (a missing one: ""), or None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(c is None or isinstance(c, str) for c in value):
+        return [c or "" for c in value]
+    kind = type(value).__name__ if not isinstance(value, (list, tuple)) else "list of non-string"
+    raise XformerError(f"{where}: column {column!r} holds {kind} values, not caption text; set data.caption_column")
+
+
+def _label_array(labels: list, captions: bool) -> np.ndarray:
+    """Raw labels (N,) int64 | str, or captions (N,) str (one per row) | (N, K) str ("" where a row has fewer)."""
+    if captions and any(isinstance(row, list) for row in labels):
+        rows = [row or [] for row in labels]
+        width = max(len(row) for row in rows)
+        return np.asarray([row + [""] * (width - len(row)) for row in rows], dtype=str)
+    if captions:
+        return np.asarray([c or "" for c in labels], dtype=str)
+    return np.asarray(labels) if isinstance(labels[0], str) else np.asarray(labels, np.int64)
+
+
+def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: bool) -> None:
+    """Decode every row of ``reader`` into ``path``/{images,labels}.npy and meta.json; labels are checked
+    class labels, or with ``captions`` the caption text (a missing caption is "")."""
     images = None
     labels = []
     first = ""
     for i, (where, payload, label) in enumerate(reader.rows):
-        if payload is None or label is None:
-            raise XformerError(f"{where}: {'no image' if payload is None else 'no label'}")
+        if payload is None:
+            raise XformerError(f"{where}: no image")
+        labels.append(_caption(label, where, reader.label_column) if captions else class_label(label, where))
         try:
             pixels = decode_image(payload, image_size)  # (H, W, 3)
-        except (OSError, ValueError) as err:
+        except DECODE_ERRORS as err:
             raise XformerError(f"{where}: not a readable image ({err})") from None
         if images is None:
             first = where
@@ -101,42 +124,30 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None) -> None:
                 f"{where}: image is {w}x{h} but {first} is {w0}x{h0}; set data.image_size to resize all images"
             )
         images[i] = pixels.transpose(2, 0, 1)  # (3, H, W)
-        labels.append(label)
     assert images is not None, "callers check that the source has rows"
     images.flush()
     del images
-    if isinstance(labels[0], (list, tuple)):  # captions: (N, most per row) strings, "" where a row has fewer
-        width = max(len(row) for row in labels)
-        raw = np.asarray([[str(c) for c in row] + [""] * (width - len(row)) for row in labels])
-    else:
-        raw = np.asarray(labels) if isinstance(labels[0], str) else np.asarray(labels, np.int64)
-    np.save(path / "labels.npy", raw)
+    np.save(path / "labels.npy", _label_array(labels, captions))
     (path / "meta.json").write_text(json.dumps({"count": reader.count, "class_names": reader.class_names}, indent=2))
 
 
-def _load_source(src: ImageSource, cfg: ImageDataConfig, root: Path) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
-    """(images (N, 3, H, W) uint8, raw labels (N,), class names or None) of a source, via the cache."""
+def _load_source(
+    src: Source, cfg: ImageDataConfig, root: Path, captions: bool = False
+) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
+    """(images (N, 3, H, W) uint8, raw labels (N,) or captions, class names or None) of a source, via the cache."""
     reader = open_reader(src, cfg, cfg.max_images)
-    described = src.name or ", ".join(map(str, src.files))
     if reader.count == 0:
-        raise XformerError(f"{src.key} {described!r}: no images")
+        raise XformerError(f"{src.key} {src.described!r}: no images")
     settings = [FORMAT_VERSION, reader.identity, cfg.image_size, cfg.max_images]
-    path = root / "images" / f"{src.kind}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]}"
+    kind = "parquet" if src.kind == "files" else src.kind  # the cache's name for it
+    path = root / "images" / f"{kind}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]}"
     if path.is_dir():
         log(f"using cached images {path}")
     else:
         t0 = time.perf_counter()
-        log(f"decoding {reader.count} images from {described} ...")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
-            _decode_to(tmp / "data", reader, cfg.image_size)
-            os.rename(tmp / "data", path)  # atomic: the cache holds complete arrays or none
-        except OSError:
-            if not path.is_dir():  # not another process caching them first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"decoding {reader.count} images from {src.described} ...")
+        with publish_dir(path) as work:
+            _decode_to(work, reader, cfg.image_size, captions)
         log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
     meta = json.loads((path / "meta.json").read_text())
     images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))  # copy-on-write map: no read yet
@@ -153,19 +164,24 @@ def _class_indices(
     the training classes: names when the training source names them (``train_named``), else its sorted
     label values."""
     values, inverse = np.unique(labels, return_inverse=True)
-    if train_named and names is not None:  # both name their classes: match by name
-        if values.min() < 0 or values.max() >= len(names):
-            raise XformerError(f"{key}: label {values.max()} is out of range for its {len(names)} class names")
-        values = np.asarray(names)[values]
-        lookup = {name: i for i, name in enumerate(classes)}
-    elif train_named:  # plain labels against named training classes: they are the class indices
+    numbers = values.dtype.kind in "iub"
+    values = values.tolist()
+    if train_named and names is not None and numbers:  # both name their classes: match by name
+        bad = next((v for v in values if not 0 <= v < len(names)), None)
+        if bad is not None:
+            raise XformerError(f"{key}: label {bad} is out of range for its {len(names)} class names")
+        values = [names[v] for v in values]
+        numbers = False
+    if train_named and numbers:  # plain labels against named training classes: they are the class indices
         lookup = {i: i for i in range(len(classes))}
+    elif train_named:  # class names
+        lookup = {name: i for i, name in enumerate(classes)}
     else:
         lookup = {value: i for i, value in enumerate(classes)}
-    unknown = [v for v in values.tolist() if v not in lookup]
+    unknown = [v for v in values if v not in lookup]
     if unknown:
         raise XformerError(f"{key}: label {unknown[0]!r} is not one of the {len(classes)} training classes")
-    return torch.from_numpy(np.asarray([lookup[v] for v in values.tolist()], np.int64)[inverse.reshape(-1)])
+    return torch.from_numpy(np.asarray([lookup[v] for v in values], np.int64)[inverse.reshape(-1)])
 
 
 def _split_off(n: int, val_size: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -179,20 +195,21 @@ def _split_off(n: int, val_size: int, seed: int, key: str) -> tuple[np.ndarray, 
     return np.sort(order[val_size:]), np.sort(order[:val_size])
 
 
-def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None) -> ImageData:
+def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None, *, for_training: bool = True) -> ImageData:
     """Train / validation / test images and class names for ``cfg``, decoded once and then cached.
 
     Without ``val_source`` (or ``val_split`` for an HF dataset name), ``val_size`` images are
     held out of the training source by a permutation seeded with ``cfg.seed``. A test set is
     loaded only when ``test_source`` (or ``test_split`` for an HF dataset name) is given.
-    ``max_images`` keeps the first rows of every source.
+    ``max_images`` keeps the first rows of every source. Training images of a single class are an
+    error unless ``for_training`` is False (a source loaded only to evaluate on, e.g. one class of a test set).
     """
     if cfg.source is None:
         raise XformerError("data.source is required: Parquet files/globs, an image folder or an HF dataset name")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(cfg)
     train_src = resolve_image_source(cfg.source, "data.source", cfg.split)
 
-    def other(source, split: str | None, default_split: str, what: str) -> ImageSource | None:
+    def other(source, split: str | None, default_split: str, what: str) -> Source | None:
         if source is not None:
             return resolve_image_source(source, f"data.{what}_source", split or default_split)
         if split is None:
@@ -202,7 +219,7 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None) -> Imag
                 f"data.{what}_split={split!r} needs an HF dataset name in data.source; "
                 f"for local files set data.{what}_source"
             )
-        return ImageSource(f"data.{what}_split", "hub", [], name=train_src.name, split=split)
+        return Source(f"data.{what}_split", "hub", name=train_src.name, split=split)
 
     val_src = other(cfg.val_source, cfg.val_split, "validation", "val")
     test_src = other(cfg.test_source, cfg.test_split, "test", "test")
@@ -218,6 +235,8 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None) -> Imag
     else:
         train = ImageDataset(images, labels)
         val = _other_split(val_src, cfg, root, classes, names is not None, train.images.shape[1:])
+    if for_training:
+        require_two_classes([classes[i] for i in train.labels.tolist()], f"{train_src.key} {train_src.described!r}")
     test = _other_split(test_src, cfg, root, classes, names is not None, train.images.shape[1:]) if test_src else None
     sizes = ", ".join(f"{n} {len(d)}" for n, d in (("train", train), ("val", val), ("test", test)) if d is not None)
     log(f"images: {sizes}; {len(classes)} classes; {tuple(train.images.shape[1:])} each")
@@ -225,7 +244,7 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None) -> Imag
 
 
 def _other_split(
-    src: ImageSource, cfg: ImageDataConfig, root: Path, classes: list, train_named: bool, shape: torch.Size
+    src: Source, cfg: ImageDataConfig, root: Path, classes: list, train_named: bool, shape: torch.Size
 ) -> ImageDataset:
     """A validation or test source, its labels mapped onto the training classes."""
     images, raw, names = _load_source(src, cfg, root)

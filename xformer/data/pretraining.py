@@ -5,6 +5,7 @@ consecutive sentences into a chunk until it reaches a target length; segment A i
 sentences, segment B is either the rest of the chunk (label 0) or text from another, random
 document (label 1, and the unused sentences are put back); the pair is trimmed to the target.
 The short-target draw is made per chunk, and pairs are trimmed to that target.
+Before anything is cached, the training examples' NSP labels are checked (:func:`check_nsp_labels`).
 
 Because sentences of a document are consecutive in one flat token array, every A and B is a
 contiguous token range, so an example is four integers until it is written out. The cache holds
@@ -22,11 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from itertools import chain
@@ -38,6 +35,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from xformer.config import DataConfig
+from xformer.data.cache import default_cache_dir, log, publish_dir
 from xformer.data.corpus import corpus_fingerprint, read_documents, split_sentences
 from xformer.data.tokenizer import (
     build_tokenizer,
@@ -47,16 +45,7 @@ from xformer.data.tokenizer import (
 from xformer.errors import XformerError
 
 FORMAT_VERSION = 1
-
-
-def log(msg: str) -> None:
-    """A progress line on stderr for the long data steps."""
-    print(f"[data] {msg}", file=sys.stderr, flush=True)
-
-
-def default_cache_dir(cfg: DataConfig) -> Path:
-    """``data.cache_dir``, else ``$XFORMER_CACHE``, else ``~/.cache/xformer``."""
-    return Path(cfg.cache_dir or os.environ.get("XFORMER_CACHE") or "~/.cache/xformer").expanduser()
+NSP_TOLERANCE = 0.1  # a measured random-B share further than this from data.nsp_random_prob is warned about
 
 
 def holdout_split(num_documents: int, val_documents: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +176,44 @@ def create_examples(
                 chunk_start, chunk_len, target = i, 0, draw_target()
     examples = np.array(rows, dtype=np.int64).reshape(-1, 7)
     return examples[np.random.default_rng(seed).permutation(len(examples))]
+
+
+def check_nsp_labels(examples: np.ndarray, corpus: TokenizedCorpus, cfg: DataConfig) -> None:
+    """Refuse training examples that teach NSP nothing; warn when their share of random B is off.
+
+    ``examples`` are :func:`create_examples` rows of the training ``corpus``. With ``nsp_random_prob``
+    strictly between 0 and 1 both labels must occur; either way a measured share of random B further
+    than NSP_TOLERANCE from ``nsp_random_prob`` is reported in one warning line.
+    """
+    sentences = np.diff(corpus.doc_starts)  # (D,) sentences per training document
+    docs = int((sentences > 0).sum())
+    single = int((sentences == 1).sum())
+    where = f"data.source {cfg.source!r}"
+    if len(examples) == 0:
+        raise XformerError(
+            f"{where}: no BERT examples: the {len(sentences)} training documents hold {int(sentences.sum())} "
+            f"sentences in all; NSP needs documents of several sentences, or several documents"
+        )
+    p, n = cfg.nsp_random_prob, len(examples)
+    share = float(examples[:, 4].mean())
+    measured = f"NSP labels are {share:.0%} 'random' ({n:,} examples)"
+    if 0 < p < 1 and share in (0.0, 1.0):
+        if share == 0 and docs < 2:
+            cause = (f"the training split has {docs} document{'s' * (docs != 1)} with sentences, so B never comes "
+                     f"from another document; use several (data.val_documents={cfg.val_documents} are held out)")
+        elif share == 0:
+            cause = "too few examples for a random B to be drawn; use a larger corpus"
+        elif single == docs:
+            cause = ("every document has one sentence, so B never follows A in its own document; use documents "
+                     "of several sentences (a text file's documents are separated by blank lines)")
+        else:
+            cause = (f"every chunk holds a single sentence, so B never follows A in its own document: the "
+                     f"sentences fill data.max_seq_len={cfg.max_seq_len}; raise it")
+        raise XformerError(f"{where}: {measured}: {cause}")
+    if abs(share - p) > NSP_TOLERANCE:
+        cause = (f"one-sentence chunks always take a random B ({single} of {docs} training documents have one "
+                 f"sentence)" if share > p else "too few examples for the share to settle")
+        log(f"warning: {where}: {measured}, not the {p:.0%} of data.nsp_random_prob: {cause}")
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -328,26 +355,23 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
     else:
         if documents is None:
             documents, train_ids, val_ids = read()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         meta = {
             "source": cfg.source, "corpus": corpus, "tokenizer": tokenizer_fingerprint(tokenizer),
             "vocab_size": len(tokenizer), **cfg.model_dump(include=EXAMPLE_SETTINGS),
         }
-        for split, ids in (("train", train_ids), ("val", val_ids)):
-            t0 = time.perf_counter()
-            tokenized = tokenize_documents([documents[i] for i in ids], tokenizer)
-            t1 = time.perf_counter()
-            sentences, tokens = len(tokenized.sent_starts) - 1, len(tokenized.tokens)
-            log(f"{split}: {sentences} sentences, {tokens} tokens in {t1 - t0:.1f}s")
-            examples = create_examples(
-                tokenized, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp_random_prob, cfg.dupe_factor, cfg.seed
-            )
-            write_examples(tmp / split, tokenized, examples, ids, tokenizer, dict(meta, documents=len(ids)))
-            log(f"{split}: {len(examples)} examples in {time.perf_counter() - t1:.1f}s")
-        try:
-            os.rename(tmp, path)  # atomic: the cache holds complete examples or none
-        except OSError:  # another process cached them first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with publish_dir(path) as work:  # checked before it is published: a bad cache is never written
+            for split, ids in (("train", train_ids), ("val", val_ids)):
+                t0 = time.perf_counter()
+                tokenized = tokenize_documents([documents[i] for i in ids], tokenizer)
+                t1 = time.perf_counter()
+                sentences, tokens = len(tokenized.sent_starts) - 1, len(tokenized.tokens)
+                log(f"{split}: {sentences} sentences, {tokens} tokens in {t1 - t0:.1f}s")
+                examples = create_examples(
+                    tokenized, cfg.max_seq_len, cfg.short_seq_prob, cfg.nsp_random_prob, cfg.dupe_factor, cfg.seed
+                )
+                if split == "train":
+                    check_nsp_labels(examples, tokenized, cfg)
+                write_examples(work / split, tokenized, examples, ids, tokenizer, dict(meta, documents=len(ids)))
+                log(f"{split}: {len(examples)} examples in {time.perf_counter() - t1:.1f}s")
         log(f"cached examples in {path}")
     return PretrainingData(PretrainingDataset(path / "train"), PretrainingDataset(path / "val"), tokenizer, path)

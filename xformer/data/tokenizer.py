@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +24,7 @@ from tokenizers import (
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 from xformer.config import TokenizerConfig
+from xformer.data.cache import log, publish_dir
 from xformer.errors import XformerError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # in this order: [PAD] = 0
@@ -114,14 +111,9 @@ def build_tokenizer(
 
     t0 = time.perf_counter()
     n = len(documents) if cfg.train_documents is None else min(len(documents), cfg.train_documents)
-    print(f"[data] training WordPiece tokenizer (vocab {cfg.vocab_size}) on {n} documents ...", file=sys.stderr)
+    log(f"training WordPiece tokenizer (vocab {cfg.vocab_size}) on {n} documents ...")
     tokenizer = train_wordpiece(documents, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    tokenizer.save_pretrained(str(tmp))
-    try:
-        os.rename(tmp, path)  # atomic: the cache holds a complete tokenizer or none
-    except OSError:  # another process cached it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[data] tokenizer: {len(tokenizer)} tokens in {time.perf_counter() - t0:.1f}s -> {path}", file=sys.stderr)
+    with publish_dir(path) as work:
+        tokenizer.save_pretrained(str(work))
+    log(f"tokenizer: {len(tokenizer)} tokens in {time.perf_counter() - t0:.1f}s -> {path}")
     return tokenizer

@@ -1,4 +1,4 @@
-"""What every HF conversion shares: activation names, reading weights, fetching from the hub."""
+"""What every HF conversion shares: activation names, reading and writing weights and directories."""
 
 from __future__ import annotations
 
@@ -17,26 +17,6 @@ ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "ge
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def fetch_from_hub(repo_id: str) -> Path:
-    """Download a hub repo's configs, vocabularies and weights (safetensors, else .bin) to the HF cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-        if not any(folder.rglob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*pytorch_model.bin"]))
-    except HFValidationError:
-        raise XformerError(f"{repo_id}: no such directory (and not a valid Hugging Face hub id)") from None
-    except RepositoryNotFoundError:
-        raise XformerError(f"{repo_id!r}: no such local directory, and no accessible model of that id on the "
-                           "Hugging Face hub") from None
-    except Exception as err:  # offline mode, network or HTTP errors: all mean we cannot get it
-        raise XformerError(f"{repo_id!r} is not a local directory and the Hugging Face hub is unreachable "
-                           f"({type(err).__name__}); pass a local directory") from None
-    return folder
 
 
 def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -106,6 +86,9 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise XformerError(f"refusing to export to {out}: the weights are not finite (first: {bad})")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"

@@ -18,10 +18,10 @@ from torch import nn
 
 from xformer.config import BertConfig
 from xformer.errors import XformerError
+from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
     encoder_fields_from_hf,
     encoder_fields_to_hf,
-    fetch_from_hub,
     fuse_qkv,
     param_pairs,
     read_weights,

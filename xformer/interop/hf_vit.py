@@ -18,16 +18,16 @@ import transformers
 
 from xformer.config import ViTConfig
 from xformer.errors import XformerError
+from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
     encoder_fields_from_hf,
     encoder_fields_to_hf,
-    fetch_from_hub,
     fuse_qkv,
     param_pairs,
     read_weights,
     write_hf_dir,
 )
-from xformer.models.vit import ViTForImageClassification
+from xformer.models.vit import ViTForImageClassification, ViTModel
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +193,14 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str
 
 
 def load_hf_vit(path_or_id: str, num_classes: int | None = None,
-                attn_backend: str = "auto") -> ViTForImageClassification:
+                attn_backend: str = "auto") -> ViTForImageClassification | ViTModel:
     """Load an HF ViT checkpoint as our :class:`ViTForImageClassification`, in eval mode.
 
     ``path_or_id`` is a local HF directory (``config.json`` + ``model.safetensors`` or
     ``pytorch_model.bin``) or a hub id (fetched through huggingface_hub; offline, XformerError asks for
     a local directory). The head is the checkpoint's when it has one with ``num_classes`` outputs
     (``None``: whatever it has); otherwise a fresh head with ``num_classes`` outputs is initialised.
+    A checkpoint without a classifier loaded with ``num_classes=None`` is the backbone alone (:class:`ViTModel`).
     """
     folder = Path(path_or_id)
     if not folder.exists():
@@ -211,8 +212,10 @@ def load_hf_vit(path_or_id: str, num_classes: int | None = None,
     state = state_dict_from_hf(read_weights(folder), cfg)
 
     head_classes = state["head.weight"].size(0) if "head.weight" in state else None
-    if num_classes is None and head_classes is None:
-        raise XformerError(f"{path_or_id}: the checkpoint has no classifier; pass num_classes for a new head")
+    if num_classes is None and head_classes is None:  # a backbone checkpoint (HF ViTModel)
+        backbone = ViTModel(cfg)
+        backbone.load_state_dict({k.removeprefix("vit."): v for k, v in state.items()})
+        return backbone.eval()
     cfg.num_classes = num_classes if num_classes is not None else head_classes
     if head_classes is not None and head_classes != cfg.num_classes:
         logger.info("%s: replacing its %d-class classifier by a new %d-class head",

@@ -19,7 +19,7 @@ def build_model(cfg) -> nn.Module:
     or a CLIP dual encoder."""
     if cfg.arch == "hf_image":
         # imported here: it imports transformers, which the other models do not need
-        from xformer.interop.hf_image import HFImageClassifier
+        from xformer.models.hf_image import HFImageClassifier
 
         return HFImageClassifier(cfg)
     builders = {"bert": BertForPreTraining, "bert_classifier": BertForSequenceClassification,

@@ -88,6 +88,8 @@ class BertForPreTraining(nn.Module):
     about 15% of the vocabulary projections); without labels it returns logits at every position.
     """
 
+    head_prefixes = ("mlm.", "nsp.")  # what may start fresh when the encoder comes from a checkpoint
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.config = cfg
@@ -118,6 +120,8 @@ class SequenceClassifierOutput:
 
 class BertForSequenceClassification(nn.Module):
     """BERT with dropout and a linear head on the pooled [CLS] token (the tanh pooler's output), as HF's."""
+
+    head_prefixes = ("head.",)
 
     def __init__(self, cfg: BertClassifierConfig):
         super().__init__()

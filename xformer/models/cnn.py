@@ -31,6 +31,8 @@ class CNN(nn.Module):
     ``classifier.head``, also reachable as ``model.head``. Layers keep PyTorch's default initialisation.
     """
 
+    head_prefixes = ("classifier.head.",)
+
     def __init__(self, cfg: CNNConfig):
         super().__init__()
         if cfg.num_classes is None:

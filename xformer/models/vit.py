@@ -76,6 +76,8 @@ class ViTForImageClassification(nn.Module):
     layer-wise learning-rate decay and freezing key on.
     """
 
+    head_prefixes = ("head.",)  # what may start fresh when the backbone comes from a checkpoint
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.num_classes is None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from xformer.config import HFImageConfig
 from xformer.errors import XformerError
-from xformer.interop.common import fetch_from_hub
+from xformer.hub import fetch_from_hub
 from xformer.models.vit import ImageClassifierOutput
 
 # Where HF image classifiers keep their classification head, and (under the base model) their

@@ -1,0 +1,118 @@
+"""Starting a model from ``init``: a run directory, a checkpoint or ``hf:<dir or hub id>``, for every family.
+
+One rule for all of them: the architecture comes from the checkpoint, the recipe's
+:attr:`~xformer.config.Section.runtime_keys` (dropout, attention backend, number of classes, pooling,
+...) come from the recipe, at any depth (both CLIP towers too); the checkpoint's backbone weights all
+load, and a head that the checkpoint lacks or that has another shape (another number of classes)
+starts fresh. Nothing is changed in the caller's config: the resolved one is returned.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+from xformer.config import BertConfig, ClipConfig, CNNConfig, HFImageConfig, Section, TextConfig, ViTConfig
+from xformer.errors import XformerError
+
+# Which kind of checkpoint each kind of model starts from (a CLIP text tower starts from a BERT).
+FAMILIES: tuple[tuple[type[Section], type[Section], str], ...] = (
+    (BertConfig, BertConfig, "BERT"),
+    (TextConfig, BertConfig, "BERT"),
+    (ViTConfig, ViTConfig, "ViT"),
+    (CNNConfig, CNNConfig, "CNN"),
+    (ClipConfig, ClipConfig, "CLIP"),
+)
+
+
+def load_source(init: str, cfg: Section, key: str = "model.init") -> nn.Module:
+    """The model ``init`` names, checked to be of the family that ``cfg`` starts from."""
+    from xformer.loading import load
+
+    source = load(init)
+    family = next(((src, name) for target, src, name in FAMILIES if isinstance(cfg, target)), None)
+    if family is None:
+        raise XformerError(f"{key}={init}: a {type(cfg).__name__} cannot start from a checkpoint")
+    if not isinstance(getattr(source, "config", None), family[0]):
+        raise XformerError(f"{key}={init}: a {type(source).__name__}, not a {family[1]} checkpoint")
+    return source
+
+
+def check_sequence_length(cfg: Section, max_seq_len: int) -> None:
+    """Sequences of ``data.max_seq_len`` must fit the position table of the model that ``cfg.init`` names
+    (read from its config alone, before any data is prepared; a fresh model is checked by its run config)."""
+    from xformer.loading import load_config
+
+    if getattr(cfg, "init", None) is None:
+        return
+    max_position = getattr(load_config(cfg.init), "max_position", None)
+    if max_position is not None and max_seq_len > max_position:
+        raise XformerError(f"data.max_seq_len={max_seq_len} is longer than the {max_position} positions of "
+                           f"model.init={cfg.init}; lower data.max_seq_len")
+
+
+def merge_config(recipe: Section, source: Section) -> Section:
+    """``recipe``'s class with the architecture of ``source``: every key ``source`` has, except the
+    recipe's runtime keys; nested sections (CLIP towers) merge the same way."""
+    values = {}
+    for name in type(recipe).model_fields:
+        mine, theirs = getattr(recipe, name), getattr(source, name, None)
+        if name == "arch" or name in recipe.runtime_keys or name not in type(source).model_fields:
+            values[name] = mine
+        elif isinstance(mine, Section) and isinstance(theirs, Section):
+            values[name] = merge_config(mine, theirs)
+        else:
+            values[name] = theirs
+    return type(recipe)(**values)
+
+
+def _backbone_prefix(model: nn.Module) -> str:
+    """Where a model keeps its backbone: ``bert.`` / ``vit.`` in the task models, the model itself otherwise."""
+    return next((f"{n}." for n in ("bert", "vit") if isinstance(getattr(model, n, None), nn.Module)), "")
+
+
+def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
+    """Load ``source``'s weights into ``target``, matching backbones whatever their prefix (a BERT's
+    ``bert.encoder`` feeds a text tower's ``encoder``). Every weight of ``target`` must come from
+    ``source`` with its shape, except in its heads (``head_prefixes``: they start fresh); returns the
+    head modules left fresh."""
+    tp, sp = _backbone_prefix(target), _backbone_prefix(source)
+    src = source.state_dict()
+    backbone = {k[len(sp):]: v for k, v in src.items() if k.startswith(sp)}
+    outside = {k: v for k, v in src.items() if not k.startswith(sp)} if sp else {}
+    heads = tuple(getattr(target, "head_prefixes", ()))
+    loaded, fresh, misfit, seen = {}, [], [], set()
+    for k, v in target.state_dict().items():
+        if v.data_ptr() in seen:  # a tied weight (the MLM decoder): loaded under its first name
+            continue
+        seen.add(v.data_ptr())
+        found = backbone.get(k[len(tp):]) if k.startswith(tp) else outside.get(k)
+        if found is not None and found.shape == v.shape:
+            loaded[k] = found
+        elif heads and k.startswith(heads):
+            fresh.append(k)
+        else:
+            misfit.append(k if found is None else f"{k} {tuple(found.shape)} vs {tuple(v.shape)}")
+    if misfit:
+        raise XformerError(f"{what}: a {type(source).__name__} does not fit this {type(target).__name__} "
+                           f"(missing or of another shape: {', '.join(misfit[:3])})")
+    target.load_state_dict(loaded, strict=False)
+    return sorted({k.rsplit(".", 1)[0] for k in fresh})
+
+
+def init_from(cfg: Section, key: str = "model") -> tuple[nn.Module, Section]:
+    """The model for ``cfg`` and its resolved config: fresh, or from ``cfg.init`` (see the module doc).
+    An HF image classifier (``arch: hf_image``) loads its own checkpoint."""
+    from xformer.models import build_model
+
+    if getattr(cfg, "init", None) is None or isinstance(cfg, HFImageConfig):
+        return build_model(cfg), cfg
+    source = load_source(cfg.init, cfg, f"{key}.init")
+    resolved = merge_config(cfg, source.config)
+    model = build_model(resolved)
+    fresh = load_weights(model, source, f"{key}.init={cfg.init}")
+    if fresh:
+        print(f"[init] {cfg.init}: not in the checkpoint (or another shape), starting fresh: {', '.join(fresh)}",
+              file=sys.stderr)
+    return model.train(), resolved

@@ -1,0 +1,88 @@
+"""BERT pretraining: masked LM + next-sentence prediction on a text corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from xformer.config import BertConfig, DataConfig, RunConfig
+from xformer.errors import XformerError
+from xformer.losses import IGNORE_INDEX, bert_pretraining_loss, bert_pretraining_metrics
+from xformer.tasks.base import Built, TaskSpec
+
+
+class BertPretrainingConfig(RunConfig):
+    """Masked-LM + next-sentence pretraining of a BERT on a text corpus."""
+
+    task: Literal["bert_pretraining"] = "bert_pretraining"
+    model: BertConfig = BertConfig()
+    data: DataConfig = DataConfig()
+
+
+class BertPretrainingTask:
+    """Masks each batch on the device and computes MLM + NSP loss with the sparse MLM head."""
+
+    def __init__(self, train_data, val_data, masker):
+        self.train_data, self.val_data, self.masker = train_data, val_data, masker
+
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+        input_ids, labels = self.masker(batch["input_ids"], batch["attention_mask"], generator)
+        return {**batch, "input_ids": input_ids, "labels": labels}
+
+    def loss(self, model, local: dict, full: dict):
+        out = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
+                    token_type_ids=local["token_type_ids"], labels=local["labels"])
+        loss, counts = bert_pretraining_loss(
+            out.mlm_logits, out.nsp_logits, local["labels"], local["next_sentence_label"],
+            mlm_normalizer=(full["labels"] != IGNORE_INDEX).sum().clamp(min=1),
+            nsp_normalizer=full["next_sentence_label"].numel(),
+        )
+        counts["tokens"] = local["attention_mask"].sum()
+        return loss, counts
+
+    def metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return bert_pretraining_metrics(counts)
+
+
+def load_data(cfg: BertPretrainingConfig, tokenizer: str | None):
+    """Cached examples (prepared on the first run); with ``tokenizer``, that vocabulary."""
+    from xformer.data import prepare_pretraining_data
+    from xformer.init import check_sequence_length
+
+    check_sequence_length(cfg.model, cfg.data.max_seq_len)  # before any data preparation
+    data_cfg = cfg.data
+    if tokenizer is not None:
+        data_cfg = data_cfg.model_copy(update={"tokenizer": data_cfg.tokenizer.model_copy(update={"path": tokenizer})})
+    return prepare_pretraining_data(data_cfg)
+
+
+def build(cfg: BertPretrainingConfig, data) -> Built:
+    from xformer.data import MLMMasker
+    from xformer.init import init_from
+
+    mcfg, vocab = cfg.model, len(data.tokenizer)
+    if mcfg.init is None:
+        if mcfg.vocab_size is None:
+            mcfg = mcfg.model_copy(update={"vocab_size": vocab})
+        elif mcfg.vocab_size < vocab:
+            raise XformerError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    model, mcfg = init_from(mcfg)
+    masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
+                       random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
+    return Built(model, mcfg, BertPretrainingTask(data.train, data.val, masker), tokenizer=data.tokenizer,
+                 summary=f"BERT, init {mcfg.init or 'random'}; data: {len(data.train)} train / {len(data.val)} val "
+                         f"examples")
+
+
+def export(run_dir: Path, out_dir: Path) -> str:
+    from xformer.interop.hf_bert import export_bert
+    from xformer.loading import load, load_tokenizer
+
+    export_bert(load(run_dir), out_dir, tokenizer=load_tokenizer(run_dir))
+    return "transformers.BertForPreTraining"
+
+
+TASK = TaskSpec(name="bert_pretraining", config=BertPretrainingConfig, primary_metric="mlm_acc",
+                load_data=load_data, build=build, export=export)

@@ -1,0 +1,248 @@
+"""CLIP-style contrastive training on image-caption pairs, with zero-shot and retrieval evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from xformer.config import (
+    CaptionDataConfig,
+    ClipAugmentConfig,
+    ClipConfig,
+    ImageDataConfig,
+    RunConfig,
+    ZeroShotConfig,
+)
+from xformer.data.augment import normalize, random_hflip, random_resized_crop
+from xformer.errors import XformerError
+from xformer.losses import contrastive_loss, contrastive_metrics
+from xformer.tasks.base import Built, TaskSpec
+from xformer.zeroshot import CIFAR10_TEMPLATES, preprocess, retrieval_eval, zeroshot_eval
+
+
+class ContrastiveConfig(RunConfig):
+    """CLIP-style contrastive training on image-caption pairs, with zero-shot and retrieval evaluation."""
+
+    task: Literal["contrastive"] = "contrastive"
+    model: ClipConfig = ClipConfig()
+    data: CaptionDataConfig = CaptionDataConfig()
+    augment: ClipAugmentConfig = ClipAugmentConfig()
+    eval: ZeroShotConfig = ZeroShotConfig()
+
+
+class ContrastiveTask:
+    """Draws one caption per image (at random when training, the first when evaluating), augments the
+    images on the device, and trains on the symmetric contrastive loss. ``evaluate(model)`` adds
+    zero-shot classification and retrieval to the trainer's validation metrics."""
+
+    def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize, zeroshot_data=None):
+        self.cfg, self.train_data, self.val_data, self.tokenize = cfg, train_data, val_data, tokenize
+        self.zeroshot_data = zeroshot_data  # (images uint8, labels, class names) or None
+        self.size = cfg.model.vision.image_size
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Weight decay on matrices only (not on biases, norms, [CLS], positions, the temperature);
+        with ``model.lock_image`` the image tower and its projection are frozen."""
+        if self.cfg.model.lock_image:
+            for p in (*model.vision.parameters(), *model.visual_projection.parameters()):
+                p.requires_grad_(False)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                plain = p.ndim < 2 or name.endswith(("cls_token", "embeddings.position"))
+                (no_decay if plain else decay).append(p)
+        return [{"params": decay, "weight_decay": self.cfg.train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def transform(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return preprocess(pixel_values, self.size, self.cfg.data.mean, self.cfg.data.std)
+
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+        ids, lengths, counts = batch["input_ids"], batch["lengths"], batch["counts"]  # (B, K, L), (B, K), (B,)
+        if train:
+            u = torch.rand(len(counts), generator=generator, device=generator.device).to(counts.device)
+            pick = (u * counts).long().clamp(max=counts - 1)  # (B,) one of each image's captions
+            aug = self.cfg.augment
+            x = random_resized_crop(batch["pixel_values"].float() / 255, self.size, aug.crop_scale, generator)
+            if aug.hflip:
+                x = random_hflip(x, generator)
+            pixel_values = normalize(x, self.cfg.data.mean, self.cfg.data.std)
+        else:
+            pick = torch.zeros_like(counts)
+            pixel_values = self.transform(batch["pixel_values"])
+        rows = torch.arange(len(counts), device=counts.device)
+        input_ids = ids[rows, pick]  # (B, L)
+        mask = (torch.arange(ids.size(-1), device=ids.device) < lengths[rows, pick][:, None]).long()  # (B, L)
+        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": mask}
+
+    def loss(self, model, local: dict, full: dict):
+        out = model(pixel_values=local["pixel_values"], input_ids=local["input_ids"],
+                    attention_mask=local["attention_mask"])
+        loss, counts = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale,
+                                        normalizer=full["input_ids"].size(0))
+        counts["images"] = counts["n"].clone()
+        return loss, counts
+
+    def metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return contrastive_metrics(counts)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        """Zero-shot (``zs_`` metrics) and retrieval on the validation pairs, as configured in ``eval``."""
+        ecfg, device = self.cfg.eval, next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        scores = {}
+        if self.zeroshot_data is not None:
+            images, labels, classes = self.zeroshot_data
+            zs = zeroshot_eval(model, images, labels, classes, ecfg.templates or CIFAR10_TEMPLATES,
+                               self.tokenize, self.transform, device, ecfg.batch_size, where=f"eval.source {ecfg.source}")
+            scores.update({f"zs_{k}": v for k, v in zs.items()})
+        if ecfg.retrieval and self.val_data is not None:
+            scores.update(retrieval_eval(model, self.val_data, self.tokenize, self.transform, device, ecfg.batch_size))
+        model.train(was_training)
+        return scores
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def load_data(cfg: ContrastiveConfig, tokenizer: str | None):
+    """(caption pairs (images cached), (images, labels, class names) for zero-shot evaluation or None)."""
+    from xformer.data.captions import load_caption_data
+    from xformer.data.images import load_image_data
+    from xformer.loading import load_tokenizer
+    from xformer.zeroshot import check_class_names, check_templates
+
+    if cfg.eval.templates is not None:
+        check_templates(cfg.eval.templates, "eval.templates")
+    pairs = load_caption_data(cfg.data, load_tokenizer(tokenizer) if tokenizer else None)
+    zeroshot = None
+    if cfg.eval.source is not None:
+        zs = load_image_data(ImageDataConfig(source=cfg.eval.source, split=cfg.eval.split, val_size=0,
+                                             max_images=cfg.eval.max_images, cache_dir=cfg.data.cache_dir),
+                             for_training=False)
+        classes = cfg.eval.classes or zs.class_names
+        check_class_names(classes, "eval.classes")
+        zeroshot = (zs.train.images, zs.train.labels, classes)
+    return pairs, zeroshot
+
+
+def clip_model(mcfg: ClipConfig, vocab_size: int) -> tuple[nn.Module, ClipConfig]:
+    """A fresh CLIP, a whole one from ``model.init``, or one whose towers start from ``model.vision.init``
+    (a ViT) / ``model.text.init`` (a BERT); with its resolved config (see :mod:`xformer.init`)."""
+    from xformer.init import init_from, load_source, load_weights, merge_config
+    from xformer.models import CLIPModel
+
+    if mcfg.init is not None:
+        return init_from(mcfg)
+    sources = {}
+    for what in ("vision", "text"):
+        tower = getattr(mcfg, what)
+        if tower.init is not None:
+            sources[what] = load_source(tower.init, tower, f"model.{what}.init")
+            mcfg = mcfg.model_copy(update={what: merge_config(tower, sources[what].config)})
+    if mcfg.text.vocab_size is None:
+        mcfg = mcfg.model_copy(update={"text": mcfg.text.model_copy(update={"vocab_size": vocab_size})})
+    elif mcfg.text.vocab_size < vocab_size:
+        raise XformerError(f"model.text.vocab_size={mcfg.text.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    model = CLIPModel(mcfg)
+    for what, source in sources.items():
+        load_weights(getattr(model, what), source, f"model.{what}.init={getattr(mcfg, what).init}")
+    return model, mcfg
+
+
+def build(cfg: ContrastiveConfig, data) -> Built:
+    pairs, zeroshot = data
+    model, mcfg = clip_model(cfg.model, len(pairs.tokenizer))
+    task = ContrastiveTask(cfg, pairs.train, pairs.val, pairs.tokenize, zeroshot)
+    return Built(model, mcfg, task, tokenizer=pairs.tokenizer,
+                 summary=f"clip; data: {len(pairs.train)} train / {len(pairs.val) if pairs.val else 0} val images")
+
+
+def finish(cfg: ContrastiveConfig, data, built: Built, trainer, result: dict) -> None:
+    if trainer.dist.is_main:
+        from xformer.checkpoint import atomic_write_text
+
+        atomic_write_text(trainer.run_dir / "eval_final.json", json.dumps(result["val"], indent=2))
+
+
+# ----------------------------------------------------------------------------- on a trained run
+
+
+def _load_run(run_dir: str | Path):
+    """(model on the device, tokenize, image transform, device, config) of a CLIP run or checkpoint."""
+    from xformer.data.captions import Tokenize
+    from xformer.loading import load, load_tokenizer
+    from xformer.models import CLIPModel
+    from xformer.tasks import read_run_config
+
+    run_dir = Path(run_dir)
+    model = load(run_dir)
+    if not isinstance(model, CLIPModel):
+        raise XformerError(f"{run_dir}: a {type(model).__name__}, not an image-text (CLIP) model")
+    cfg = read_run_config(run_dir if (run_dir / "config.yaml").is_file() else run_dir.parent.parent)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = cfg.model.vision.image_size
+    transform = lambda x: preprocess(x, size, cfg.data.mean, cfg.data.std)  # noqa: E731
+    return model.to(device), Tokenize(load_tokenizer(run_dir), cfg.data.max_text_len), transform, device, cfg
+
+
+def _write_scores(run_dir: Path, kind: str, source, count: int, scores: dict) -> None:
+    from xformer.checkpoint import atomic_write_text
+
+    name = Path(source if isinstance(source, str) else source[0]).stem
+    out = Path(run_dir) / f"{kind}_{name}.json"
+    atomic_write_text(out, json.dumps({"source": source, "images": count, **scores}, indent=2))
+    print(f"{kind} {source}: {count} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" -> {out}")
+
+
+def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
+                 templates: list[str] | None = None, max_images: int | None = None, batch_size: int = 256) -> dict:
+    """``xformer zeroshot``: zero-shot classification of a labelled image source with a trained run;
+    writes ``RUN_DIR/zeroshot_<source name>.json`` and returns the scores."""
+    from xformer.data.images import load_image_data
+    from xformer.zeroshot import check_class_names, check_templates
+
+    check_templates(templates or CIFAR10_TEMPLATES, "--template")
+    if max_images is not None and max_images <= 0:
+        raise XformerError(f"--max-images {max_images}: give a positive number of images")
+    model, tokenize, transform, device, _ = _load_run(run_dir)
+    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images),
+                           for_training=False)
+    names = classes or data.class_names
+    check_class_names(names, "--classes")
+    scores = zeroshot_eval(model, data.train.images, data.train.labels, names, templates or CIFAR10_TEMPLATES,
+                           tokenize, transform, device, batch_size, where=f"--data {source}")
+    _write_scores(run_dir, "zeroshot", source, len(data.train), scores)
+    return scores
+
+
+def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: int = 256) -> dict:
+    """``xformer retrieval``: image-text recall@K on an image-caption source with a trained run; writes
+    ``RUN_DIR/retrieval_<source name>.json`` and returns the scores."""
+    from xformer.data.captions import CaptionDataset, _load_pairs
+    from xformer.data.cache import default_cache_dir
+
+    model, tokenize, transform, device, cfg = _load_run(run_dir)
+    images, captions = _load_pairs(source, split, "--data", cfg.data, default_cache_dir(cfg.data))
+    dataset = CaptionDataset(images, captions, tokenize)
+    scores = retrieval_eval(model, dataset, tokenize, transform, device, batch_size)
+    _write_scores(run_dir, "retrieval", source, len(dataset), scores)
+    return scores
+
+
+def export(run_dir: Path, out_dir: Path) -> str:
+    from xformer.interop.hf_clip import export_clip
+    from xformer.loading import load, load_tokenizer
+
+    export_clip(load(run_dir), out_dir, tokenizer=load_tokenizer(run_dir))
+    return "transformers.CLIPModel"
+
+
+TASK = TaskSpec(name="contrastive", config=ContrastiveConfig, primary_metric="t2i_R@10",
+                load_data=load_data, build=build, finish=finish, export=export)

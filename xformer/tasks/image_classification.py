@@ -1,0 +1,152 @@
+"""Image classification: a ViT, the CNN baseline or an HF image model, from scratch or fine-tuned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xformer.config import AugmentConfig, FinetuneConfig, ImageDataConfig, ImageModelConfig, RunConfig, ViTConfig
+from xformer.errors import XformerError
+from xformer.losses import classification_loss, classification_metrics
+from xformer.tasks.base import Built, TaskSpec
+
+
+class ImageClassificationConfig(RunConfig):
+    """Image classification (ViT, CNN or an HF image model), from scratch or fine-tuned."""
+
+    task: Literal["image_classification"] = "image_classification"
+    model: ImageModelConfig = ViTConfig()
+    data: ImageDataConfig = ImageDataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
+class ImageClassificationTask:
+    """Augments each batch on the device; soft-target cross-entropy; accuracy against the true labels."""
+
+    def __init__(self, train_data, val_data, augmenter, num_classes: int, finetune: FinetuneConfig,
+                 weight_decay: float):
+        self.train_data, self.val_data = train_data, val_data
+        self.augmenter, self.num_classes = augmenter, num_classes
+        self.finetune, self.weight_decay = finetune, weight_decay
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        from xformer.finetune import finetune_param_groups
+
+        return finetune_param_groups(model, self.finetune, self.weight_decay)
+
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+        labels = batch["labels"]
+        if train:
+            pixel_values, targets = self.augmenter.train(batch["pixel_values"], labels, generator)
+        else:
+            pixel_values = self.augmenter.eval(batch["pixel_values"])
+            targets = F.one_hot(labels, self.num_classes).float()
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)  # faster convolutions
+        return {"pixel_values": pixel_values, "targets": targets, "labels": labels}
+
+    def loss(self, model, local: dict, full: dict):
+        logits = model(pixel_values=local["pixel_values"]).logits
+        loss, counts = classification_loss(logits, local["targets"], local["labels"], full["labels"].numel())
+        counts["images"] = local["labels"].new_tensor(local["labels"].numel())
+        return loss, counts
+
+    def metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return classification_metrics(counts)
+
+
+def _augmenter(cfg: ImageClassificationConfig, num_classes: int, image_size: int | None):
+    """Augmentation, then a resize to the model's input size (with an init, the checkpoint's)."""
+    from xformer.data.augment import Augmenter
+
+    return Augmenter(cfg.augment, cfg.data.mean, cfg.data.std, num_classes, image_size)
+
+
+def load_data(cfg: ImageClassificationConfig, tokenizer: str | None):
+    from xformer.data.images import load_image_data
+
+    return load_image_data(cfg.data)
+
+
+def build(cfg: ImageClassificationConfig, data) -> Built:
+    from xformer.init import init_from
+
+    num_classes = len(data.class_names)
+    mcfg = cfg.model
+    if mcfg.num_classes is None:
+        mcfg = mcfg.model_copy(update={"num_classes": num_classes})
+    elif mcfg.num_classes != num_classes:
+        raise XformerError(f"model.num_classes={mcfg.num_classes} but the data has {num_classes} classes")
+    model, mcfg = init_from(mcfg)
+    model = model.to(memory_format=torch.channels_last)
+    task = ImageClassificationTask(data.train, data.val, _augmenter(cfg, num_classes, mcfg.image_size), num_classes,
+                                   cfg.finetune, cfg.train.weight_decay)
+    return Built(model, mcfg, task, class_names=data.class_names,
+                 summary=f"{mcfg.arch}, init {mcfg.init or 'random'}; data: {len(data.train)} train / "
+                         f"{len(data.val) if data.val else 0} val images, {num_classes} classes")
+
+
+def finish(cfg: ImageClassificationConfig, data, built: Built, trainer, result: dict) -> None:
+    """Per-class accuracy and the confusion matrix of the validation and test splits, into the run directory."""
+    from xformer.evaluate import classification_report, write_report
+
+    if not trainer.dist.is_main:
+        return
+    for split, dataset in (("val", data.val), ("test", data.test)):
+        if dataset is not None and len(dataset):
+            report = classification_report(trainer.model, dataset, built.task.augmenter, data.class_names,
+                                           cfg.train.batch_size, trainer.dist.device, trainer.autocast)
+            write_report(report, trainer.run_dir, split)
+            result[f"{split}_report"] = {k: report[k] for k in ("loss", "acc")}
+
+
+def evaluate(run_dir: Path, source, split: str | None = None) -> dict:
+    """``xformer eval``: the run's model on every image of ``source`` (its ``split``); the report goes to
+    ``RUN_DIR/eval_<source name>[_<split>].json`` (+ PNG)."""
+    from xformer.data.images import load_image_data
+    from xformer.distributed import pick_device
+    from xformer.evaluate import classification_report, write_report
+    from xformer.loading import load
+    from xformer.tasks import read_run_config
+
+    cfg = read_run_config(run_dir)
+    classes_file = Path(run_dir) / "classes.json"
+    class_names = json.loads(classes_file.read_text()) if classes_file.is_file() else None
+    data_cfg = cfg.data.model_copy(update={
+        "source": source, "split": split or "train", "val_source": None, "val_size": 0,
+        "test_source": None, "max_images": None,
+    })
+    data = load_image_data(data_cfg, for_training=False)
+    if class_names is not None and data.class_names != class_names:
+        raise XformerError(f"{source}: classes {data.class_names[:4]}... differ from the run's {class_names[:4]}...")
+    device = pick_device("auto")
+    model = load(run_dir).to(device)
+    augmenter = _augmenter(cfg, len(data.class_names), cfg.model.image_size)
+    report = classification_report(model, data.train, augmenter, data.class_names, cfg.train.batch_size, device)
+    name = Path(str(source).split("*")[0].rstrip("/")).stem or "data"
+    write_report(report, run_dir, f"{name}_{split}" if split else name)
+    return report
+
+
+def export(run_dir: Path, out_dir: Path) -> str:
+    from xformer.interop.hf_vit import export_vit
+    from xformer.loading import load
+    from xformer.models import ViTForImageClassification
+
+    model = load(run_dir)
+    if not isinstance(model, ViTForImageClassification):
+        raise XformerError(f"{run_dir}: no HF export for a {type(model).__name__} (ViT image classifiers export)")
+    classes = Path(run_dir) / "classes.json"
+    if not classes.is_file():
+        classes = Path(run_dir).parent.parent / "classes.json"  # a checkpoint directory
+    export_vit(model, out_dir, class_names=json.loads(classes.read_text()) if classes.is_file() else None)
+    return "transformers.ViTForImageClassification"
+
+
+TASK = TaskSpec(name="image_classification", config=ImageClassificationConfig, primary_metric="acc",
+                load_data=load_data, build=build, finish=finish, evaluate=evaluate, export=export)

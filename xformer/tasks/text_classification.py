@@ -1,0 +1,76 @@
+"""Sequence classification (e.g. SST-2) with a BERT: from scratch, or from a pretraining run or HF BERT.
+
+Texts are tokenized once (``[CLS] text [SEP]``, truncated to ``data.max_seq_len``); each batch is cut
+to its longest sequence. With ``model.init`` the tokenizer is the checkpoint's own, otherwise
+``data.tokenizer`` decides (a WordPiece trained on the training texts when it names none).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from xformer.config import BertClassifierConfig, RunConfig, TextClassificationDataConfig
+from xformer.errors import XformerError
+from xformer.losses import classification_loss, classification_metrics
+from xformer.tasks.base import Built, TaskSpec
+
+
+class TextClassificationConfig(RunConfig):
+    """Sequence classification with a BERT, from scratch or from a pretrained one (``model.init``)."""
+
+    task: Literal["text_classification"] = "text_classification"
+    model: BertClassifierConfig = BertClassifierConfig()
+    data: TextClassificationDataConfig = TextClassificationDataConfig()
+
+
+class TextClassificationTask:
+    """Cross-entropy on the pooled [CLS] token; accuracy. Nothing random to prepare."""
+
+    def __init__(self, train_data, val_data, num_classes: int):
+        self.train_data, self.val_data, self.num_classes = train_data, val_data, num_classes
+
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+        return batch
+
+    def loss(self, model, local: dict, full: dict):
+        logits = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"]).logits
+        targets = F.one_hot(local["labels"], self.num_classes).float()
+        loss, counts = classification_loss(logits, targets, local["labels"], full["labels"].numel())
+        counts["tokens"] = local["attention_mask"].sum()
+        return loss, counts
+
+    def metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return classification_metrics(counts)
+
+
+def load_data(cfg: TextClassificationConfig, tokenizer: str | None):
+    from xformer.data.texts import load_text_data
+    from xformer.init import check_sequence_length
+    from xformer.loading import load_tokenizer
+
+    check_sequence_length(cfg.model, cfg.data.max_seq_len)
+    return load_text_data(cfg.data, load_tokenizer(tokenizer) if tokenizer else None)
+
+
+def build(cfg: TextClassificationConfig, data) -> Built:
+    from xformer.init import init_from
+
+    mcfg = cfg.model.model_copy(update={"num_classes": len(data.class_names)})
+    if mcfg.init is None:
+        vocab = len(data.tokenizer)
+        if mcfg.vocab_size is None:
+            mcfg = mcfg.model_copy(update={"vocab_size": vocab})
+        elif mcfg.vocab_size < vocab:
+            raise XformerError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    model, mcfg = init_from(mcfg)
+    task = TextClassificationTask(data.train, data.val, len(data.class_names))
+    return Built(model, mcfg, task, tokenizer=data.tokenizer, class_names=data.class_names,
+                 summary=f"BERT classifier, init {mcfg.init or 'random'}; data: {len(data.train)} train / "
+                         f"{len(data.val) if data.val else 0} val, {len(data.class_names)} classes")
+
+
+TASK = TaskSpec(name="text_classification", config=TextClassificationConfig, primary_metric="acc",
+                load_data=load_data, build=build)
