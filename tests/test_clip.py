@@ -81,6 +81,7 @@ def _ddp_loss_worker(rank, world, port, path):
     torch.distributed.all_reduce(total)
     if rank == 0:
         torch.save({"loss": total, "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
+    torch.distributed.barrier()  # gloo aborts a process that leaves while its peer still talks to it
     torch.distributed.destroy_process_group()
 
 

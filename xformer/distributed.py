@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,5 +124,9 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 
 
 def teardown() -> None:
+    """Leave the process group; ranks wait for each other first (gloo aborts a process that leaves while a
+    peer is still talking to it). A rank that failed does not wait: the others fail on their own."""
     if dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
