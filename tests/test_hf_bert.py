@@ -166,6 +166,21 @@ def test_export_round_trip(tmp_path):
     assert (export_bert(ours, tmp_path / "empty") / "model.safetensors").is_file()
 
 
+def test_mlm_only_model_exports_as_bert_for_masked_lm(tmp_path):
+    cfg = BertConfig(vocab_size=120, dim=32, depth=2, num_heads=4, max_position=64, nsp=False, attn_backend="math")
+    ours = randomize(BertForPreTraining(cfg))
+    assert ours.nsp is None and ours.bert.pooler is None
+    hf = transformers.BertForMaskedLM.from_pretrained(export_bert(ours, tmp_path / "export")).eval()
+    assert hf.config.architectures == ["BertForMaskedLM"]
+    inputs = batch()
+    inputs.pop("token_type_ids")
+    got, ref = ours(**inputs), hf(**inputs)
+    assert got.nsp_logits is None
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(got.mlm_logits[real], ref.logits[real], atol=1e-4, rtol=1e-4)
+
+
+
 def test_state_dict_to_hf_loads_strictly_without_qkv_bias():
     cfg = BertConfig(vocab_size=len(VOCAB), dim=32, depth=2, num_heads=4, mlp_ratio=2.0, max_position=64,
                      qkv_bias=False, attn_backend="math")

@@ -65,8 +65,9 @@ class BertConfig(EncoderConfig):
     pad_token_id: int = 0
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
+    nsp: bool = Field(True, description="the pooler and next-sentence head; pretraining sets it from data.objective")
 
-    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init"}
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "nsp"}
 
 
 class BertClassifierConfig(BertConfig):
@@ -74,6 +75,7 @@ class BertClassifierConfig(BertConfig):
 
     arch: Literal["bert_classifier"] = "bert_classifier"
     num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    nsp: Literal[True] = Field(True, description="the classifier reads the pooled [CLS] token")
 
     runtime_keys: ClassVar[frozenset[str]] = BertConfig.runtime_keys | {"num_classes"}
 
@@ -213,6 +215,8 @@ class DataConfig(Section):
     val_documents: int = Field(100, ge=0, description="held-out documents for evaluation")
     tokenizer: TokenizerConfig = TokenizerConfig()
     max_seq_len: int = Field(128, ge=8)
+    objective: Literal["mlm_nsp", "mlm"] = Field(
+        "mlm_nsp", description="mlm_nsp: BERT's sentence pairs; mlm: packed full-length sequences, no NSP")
     short_seq_prob: float = Field(0.1, ge=0, le=1)
     nsp_random_prob: float = Field(0.5, ge=0, le=1)
     dupe_factor: int = Field(1, gt=0)

@@ -14,20 +14,20 @@ IGNORE_INDEX = -100
 
 def bert_pretraining_loss(
     mlm_logits: torch.Tensor,
-    nsp_logits: torch.Tensor,
+    nsp_logits: torch.Tensor | None,
     labels: torch.Tensor,
-    next_sentence_label: torch.Tensor,
+    next_sentence_label: torch.Tensor | None,
     mlm_normalizer: torch.Tensor | int | None = None,
     nsp_normalizer: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Masked-LM cross-entropy plus next-sentence cross-entropy.
+    """Masked-LM cross-entropy plus next-sentence cross-entropy (MLM alone when ``nsp_logits`` is None).
 
     Args:
         mlm_logits: (B, T, V) over all positions, or (M, V) at the masked positions only (sparse head,
             in the row-major order of ``labels != -100``).
-        nsp_logits: (B, 2).
+        nsp_logits: (B, 2), or None for MLM-only pretraining.
         labels: (B, T) original token ids at masked positions, -100 elsewhere.
-        next_sentence_label: (B,) 0 = real continuation, 1 = random sentence.
+        next_sentence_label: (B,) 0 = real continuation, 1 = random sentence; None with ``nsp_logits``.
         mlm_normalizer, nsp_normalizer: what the summed losses are divided by; default the local
             number of masked tokens / sequences. Data-parallel training passes the global counts of the
             whole micro-batch so that every process contributes its exact share.
@@ -36,33 +36,35 @@ def bert_pretraining_loss(
     if mlm_logits.dim() == 3:
         mlm_logits = mlm_logits[labels != IGNORE_INDEX]  # (B, T, V) -> (M, V)
     mlm_sum = F.cross_entropy(mlm_logits.float(), targets, reduction="sum")
-    nsp_sum = F.cross_entropy(nsp_logits.float(), next_sentence_label, reduction="sum")
     mlm_n = targets.new_tensor(targets.numel()) if mlm_normalizer is None else mlm_normalizer
-    nsp_n = next_sentence_label.numel() if nsp_normalizer is None else nsp_normalizer
-    loss = mlm_sum / mlm_n + nsp_sum / nsp_n
+    loss = mlm_sum / mlm_n
     with torch.no_grad():
         counts = {
             "mlm_loss_sum": mlm_sum.detach(),
             "mlm_correct": (mlm_logits.argmax(-1) == targets).sum(),
             "mlm_n": targets.new_tensor(targets.numel()),
-            "nsp_loss_sum": nsp_sum.detach(),
-            "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
-            "nsp_n": next_sentence_label.new_tensor(next_sentence_label.numel()),
         }
+    if nsp_logits is not None:
+        nsp_sum = F.cross_entropy(nsp_logits.float(), next_sentence_label, reduction="sum")
+        loss = loss + nsp_sum / (next_sentence_label.numel() if nsp_normalizer is None else nsp_normalizer)
+        with torch.no_grad():
+            counts["nsp_loss_sum"] = nsp_sum.detach()
+            counts["nsp_correct"] = (nsp_logits.argmax(-1) == next_sentence_label).sum()
+            counts["nsp_n"] = next_sentence_label.new_tensor(next_sentence_label.numel())
     return loss, counts
 
 
 def bert_pretraining_metrics(counts: dict[str, float]) -> dict[str, float]:
     """Turn summed counts (see :func:`bert_pretraining_loss`) into loss and accuracy metrics."""
-    mlm_n, nsp_n = max(counts["mlm_n"], 1), max(counts["nsp_n"], 1)
-    mlm_loss, nsp_loss = counts["mlm_loss_sum"] / mlm_n, counts["nsp_loss_sum"] / nsp_n
-    return {
-        "loss": mlm_loss + nsp_loss,
-        "mlm_loss": mlm_loss,
-        "mlm_acc": counts["mlm_correct"] / mlm_n,
-        "nsp_loss": nsp_loss,
-        "nsp_acc": counts["nsp_correct"] / nsp_n,
-    }
+    mlm_n = max(counts["mlm_n"], 1)
+    metrics = {"loss": counts["mlm_loss_sum"] / mlm_n, "mlm_loss": counts["mlm_loss_sum"] / mlm_n,
+               "mlm_acc": counts["mlm_correct"] / mlm_n}
+    if "nsp_n" in counts:
+        nsp_n = max(counts["nsp_n"], 1)
+        metrics["nsp_loss"] = counts["nsp_loss_sum"] / nsp_n
+        metrics["nsp_acc"] = counts["nsp_correct"] / nsp_n
+        metrics["loss"] += metrics["nsp_loss"]
+    return metrics
 
 
 def classification_loss(

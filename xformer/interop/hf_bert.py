@@ -63,7 +63,8 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
 
 
 def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
-    """The HF ``BertConfig`` (architecture ``BertForPreTraining``) for our config.
+    """The HF ``BertConfig`` (architecture ``BertForPreTraining``, or ``BertForMaskedLM`` for an MLM-only
+    model without the next-sentence head) for our config.
 
     Raises XformerError for pre-LN models (HF BERT is post-LN only) and an unset vocabulary size.
     """
@@ -77,7 +78,7 @@ def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
         max_position_embeddings=cfg.max_position,
         type_vocab_size=cfg.type_vocab_size,
         pad_token_id=cfg.pad_token_id,
-        architectures=["BertForPreTraining"],
+        architectures=["BertForPreTraining" if cfg.nsp else "BertForMaskedLM"],
     )
 
 
@@ -178,7 +179,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[st
     is the word embedding tensor and ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``, as HF
     ties them. Without ``qkv_bias`` the query/key/value biases are zeros (the same function).
     """
-    out = {hf: state[ours] for ours, hf in _encoder_keys(cfg) + _HEAD_KEYS}
+    out = {hf: state[ours] for ours, hf in _encoder_keys(cfg)}
+    out.update({hf: state[ours] for ours, hf in _HEAD_KEYS if ours in state})  # MLM-only: no pooler, no NSP
     for i in range(cfg.depth):
         weight_key, weight_parts = _qkv_keys(i, "weight")
         bias_key, bias_parts = _qkv_keys(i, "bias")
@@ -248,7 +250,8 @@ def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str =
 
 def export_bert(model: BertForPreTraining, out_dir: str | Path,
                 tokenizer: transformers.PreTrainedTokenizerBase | None = None) -> Path:
-    """Write ``model`` (and ``tokenizer``) as an HF ``BertForPreTraining`` directory; returns its path.
+    """Write ``model`` (and ``tokenizer``) as an HF ``BertForPreTraining`` directory (``BertForMaskedLM``
+    for an MLM-only model); returns its path.
 
     The directory loads with ``transformers.BertForPreTraining.from_pretrained`` (and
     ``AutoTokenizer.from_pretrained`` when a tokenizer is given). It is written to a temporary

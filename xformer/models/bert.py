@@ -17,13 +17,13 @@ from xformer.layers.mlp import ACTIVATIONS
 @dataclass
 class BertOutput:
     last_hidden_state: torch.Tensor  # (B, T, D)
-    pooler_output: torch.Tensor  # (B, D)
+    pooler_output: torch.Tensor | None  # (B, D); None without a pooler
 
 
 @dataclass
 class BertPreTrainingOutput:
     mlm_logits: torch.Tensor  # (B, T, V), or (M, V) at the M masked positions when labels are given
-    nsp_logits: torch.Tensor  # (B, 2); class 0 = B follows A, 1 = B is random
+    nsp_logits: torch.Tensor | None  # (B, 2); class 0 = B follows A, 1 = B is random; None for MLM only
     last_hidden_state: torch.Tensor  # (B, T, D)
 
 
@@ -43,7 +43,8 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 
 class BertModel(nn.Module):
-    """The BERT encoder: embeddings, post-LN (or pre-LN) encoder, and the tanh pooler on [CLS]."""
+    """The BERT encoder: embeddings, post-LN (or pre-LN) encoder, and the tanh pooler on [CLS] (none when
+    ``cfg.nsp`` is False: MLM-only pretraining has no use for it; ``pooler_output`` is then None)."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -55,14 +56,14 @@ class BertModel(nn.Module):
             dropout=cfg.dropout, norm_eps=None if cfg.norm_first else cfg.norm_eps,
         )
         self.encoder = Encoder(cfg)
-        self.pooler = nn.Linear(cfg.dim, cfg.dim)
+        self.pooler = nn.Linear(cfg.dim, cfg.dim) if cfg.nsp else None
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> BertOutput:
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         x = self.encoder(x, attention_mask)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, D)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
 
@@ -82,22 +83,24 @@ class MLMHead(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-    """BERT with masked-LM and next-sentence-prediction heads.
+    """BERT with masked-LM and next-sentence-prediction heads (MLM only, without pooler, when ``cfg.nsp``
+    is False).
 
     ``forward(..., labels=labels)`` computes MLM logits only where ``labels != -100`` (the sparse head:
     about 15% of the vocabulary projections); without labels it returns logits at every position.
     """
 
-    head_prefixes = ("mlm.", "nsp.")  # what may start fresh when the encoder comes from a checkpoint
+    head_prefixes = ("mlm.", "nsp.", "bert.pooler.")  # what may start fresh when the encoder comes from a checkpoint
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.config = cfg
         self.bert = BertModel(cfg)
         self.mlm = MLMHead(cfg, self.bert.embeddings.word)
-        self.nsp = nn.Linear(cfg.dim, 2)
+        self.nsp = nn.Linear(cfg.dim, 2) if cfg.nsp else None
         for module in (self.mlm.dense, self.mlm.norm, self.nsp):  # the decoder weight is tied, already set
-            init_weights(module, cfg.init_std)
+            if module is not None:
+                init_weights(module, cfg.init_std)
         nn.init.zeros_(self.mlm.decoder.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -108,7 +111,7 @@ class BertForPreTraining(nn.Module):
         if labels is not None:
             hidden = hidden[labels != -100]  # (B, T, D) -> (M, D)
         return BertPreTrainingOutput(
-            mlm_logits=self.mlm(hidden), nsp_logits=self.nsp(out.pooler_output),
+            mlm_logits=self.mlm(hidden), nsp_logits=self.nsp(out.pooler_output) if self.nsp is not None else None,
             last_hidden_state=out.last_hidden_state,
         )
 
@@ -121,7 +124,7 @@ class SequenceClassifierOutput:
 class BertForSequenceClassification(nn.Module):
     """BERT with dropout and a linear head on the pooled [CLS] token (the tanh pooler's output), as HF's."""
 
-    head_prefixes = ("head.",)
+    head_prefixes = ("head.", "bert.pooler.")  # an MLM-only checkpoint has no pooler
 
     def __init__(self, cfg: BertClassifierConfig):
         super().__init__()

@@ -1,4 +1,5 @@
-"""BERT pretraining: masked LM + next-sentence prediction on a text corpus."""
+"""BERT pretraining: masked LM + next-sentence prediction on sentence pairs (``data.objective: mlm_nsp``,
+BERT's recipe), or masked LM alone on packed full-length sequences (``mlm``, as RoBERTa)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ class BertPretrainingTask:
     def loss(self, model, local: dict, full: dict):
         out = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
                     token_type_ids=local["token_type_ids"], labels=local["labels"])
-        loss, counts = bert_pretraining_loss(
-            out.mlm_logits, out.nsp_logits, local["labels"], local["next_sentence_label"],
+        loss, counts = bert_pretraining_loss(  # MLM only when the examples have no NSP labels (packed)
+            out.mlm_logits, out.nsp_logits, local["labels"], local.get("next_sentence_label"),
             mlm_normalizer=(full["labels"] != IGNORE_INDEX).sum().clamp(min=1),
-            nsp_normalizer=full["next_sentence_label"].numel(),
+            nsp_normalizer=full["labels"].size(0),
         )
         counts["tokens"] = local["attention_mask"].sum()
         return loss, counts
@@ -62,7 +63,8 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
     from xformer.data import MLMMasker
     from xformer.init import init_from
 
-    mcfg, vocab = cfg.model, len(data.tokenizer)
+    # the next-sentence head and pooler exist for the BERT objective only
+    mcfg, vocab = cfg.model.model_copy(update={"nsp": cfg.data.objective == "mlm_nsp"}), len(data.tokenizer)
     if mcfg.init is None:
         if mcfg.vocab_size is None:
             mcfg = mcfg.model_copy(update={"vocab_size": vocab})
@@ -80,8 +82,9 @@ def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_bert import export_bert
     from xformer.loading import load, load_tokenizer
 
-    export_bert(load(run_dir), out_dir, tokenizer=load_tokenizer(run_dir))
-    return "transformers.BertForPreTraining"
+    model = load(run_dir)
+    export_bert(model, out_dir, tokenizer=load_tokenizer(run_dir))
+    return "transformers.BertForPreTraining" if model.config.nsp else "transformers.BertForMaskedLM"
 
 
 TASK = TaskSpec(name="bert_pretraining", config=BertPretrainingConfig, primary_metric="mlm_acc",
