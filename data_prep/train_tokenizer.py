@@ -3,8 +3,10 @@
     python data_prep/train_tokenizer.py [RECIPE] --out DIR [--source FILES...] [--set key=value ...]
 
 Uses the recipe's ``data`` section (tokenizer settings, text column, held-out documents); the
-held-out validation documents are left out of training, as ``prepare_pretraining_data`` does.
-Point a recipe at the result with ``--set data.tokenizer.path=DIR``.
+held-out validation documents are left out of training, as ``prepare_pretraining_data`` does. The sample
+(``data.tokenizer.train_documents`` documents, at most ``data.tokenizer.train_chars`` characters) is
+streamed from the start of the corpus, which is never read whole. Point a recipe at the result with
+``--set data.tokenizer.path=DIR``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import argparse
 import sys
 import time
 
-from xformer.data.corpus import read_documents
-from xformer.data.pretraining import holdout_split
+from xformer.data.cache import default_cache_dir
+from xformer.data.pretraining import plan_corpus, training_texts
 from xformer.data.tokenizer import train_wordpiece
 from xformer.errors import XformerError
 from xformer.recipe import load_recipe
@@ -36,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         if data.tokenizer.path is not None:
             raise XformerError(f"data.tokenizer.path is set ({data.tokenizer.path!r}): there is no tokenizer to train")
         t0 = time.perf_counter()
-        documents = read_documents(data.source, data.text_column, data.split, data.max_documents)
-        train_ids, _ = holdout_split(len(documents), data.val_documents, data.seed)
-        print(f"training on {min(len(train_ids), data.tokenizer.train_documents or len(train_ids))} of "
-              f"{len(documents)} documents ...", file=sys.stderr)
-        tokenizer = train_wordpiece([documents[i] for i in train_ids], data.tokenizer)
+        parts, val_ids = plan_corpus(data, default_cache_dir(data))
+        train, tcfg = sum(p.records for p in parts) - len(val_ids), data.tokenizer
+        print(f"training on the first of {train} training documents, at most {tcfg.train_documents or 'all'} "
+              f"documents / {tcfg.train_chars or 'all'} characters ...", file=sys.stderr)
+        tokenizer = train_wordpiece(training_texts(parts, val_ids, data.text_column), data.tokenizer)
         tokenizer.save_pretrained(args.out)
     except XformerError as err:
         print(f"error: {err}", file=sys.stderr)

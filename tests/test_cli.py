@@ -44,7 +44,7 @@ def test_bad_data(tmp_path):
     assert_one_line_error(run_cli(*base, "--set", f"data.source={wrong}"), "text", "body")
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"text": ["", "  "]}), empty)
-    assert_one_line_error(run_cli(*base, "--set", f"data.source={empty}"), "empty")
+    assert_one_line_error(run_cli(*base, "--set", f"data.source={empty}", "--set", "data.val_documents=1"), "empty")
 
 
 def test_tiny_recipe_trains_and_exports(corpus_path, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 import xformer.data.pretraining as pretraining
+import xformer.data.shards as shards
 import xformer.data.tokenizer as tokenizer_module
 from xformer.config import DataConfig, TokenizerConfig
 from xformer.data import PretrainingData, prepare_pretraining_data, split_sentences
@@ -69,7 +70,7 @@ def test_nsp_labels_and_provenance(prepared):
     tok = data.tokenizer
     streams = {}
     for i in np.random.default_rng(0).choice(len(train), 300, replace=False):
-        ids = train.input_ids[train.offsets[i] : train.offsets[i + 1]].tolist()
+        ids = train.example(i).tolist()
         a, b = ids[1 : train.a_lengths[i] - 1], ids[train.a_lengths[i] : -1]
         for segment, d in ((a, doc[i]), (b, b_doc[i])):
             if d not in streams:
@@ -81,14 +82,17 @@ def test_nsp_labels_and_provenance(prepared):
 def test_example_format(prepared):
     cfg, _, data = prepared
     tok, train = data.tokenizer, data.train
-    lengths = np.diff(train.offsets)
+    lengths = train.lengths
     assert lengths.max() <= cfg.max_seq_len and (train.a_lengths >= 3).all() and (lengths - train.a_lengths >= 2).all()
-    ids = np.asarray(train.input_ids)
-    assert ids.dtype == np.uint16
-    assert (ids[train.offsets[:-1]] == tok.cls_token_id).all()
-    assert (ids[train.offsets[:-1] + train.a_lengths - 1] == tok.sep_token_id).all()
-    assert (ids[train.offsets[1:] - 1] == tok.sep_token_id).all()
-    assert (ids == tok.cls_token_id).sum() == len(train) and (ids == tok.sep_token_id).sum() == 2 * len(train)
+    for s, ids in enumerate(train.input_ids):  # each shard's examples lie back to back in its input_ids
+        ex = slice(train.starts[s], train.starts[s + 1])
+        begin, end = train.token_starts[ex], train.token_starts[ex] + lengths[ex]
+        assert ids.dtype == np.uint16 and begin[0] == 0 and (begin[1:] == end[:-1]).all() and end[-1] == len(ids)
+        assert (ids[begin] == tok.cls_token_id).all()
+        assert (ids[begin + train.a_lengths[ex] - 1] == tok.sep_token_id).all()
+        assert (ids[end - 1] == tok.sep_token_id).all()
+        n = ex.stop - ex.start
+        assert (ids == tok.cls_token_id).sum() == n and (ids == tok.sep_token_id).sum() == 2 * n
 
     idx = np.arange(0, 40, 3)
     batch = train.batch(idx)
@@ -96,12 +100,15 @@ def test_example_format(prepared):
     assert B == len(idx) and T % 8 == 0 and T <= cfg.max_seq_len and T - 8 < lengths[idx].max() <= T
     for row, i in enumerate(idx):
         n, n_a = lengths[i], train.a_lengths[i]
-        assert batch["input_ids"][row, :n].tolist() == ids[train.offsets[i] : train.offsets[i + 1]].tolist()
+        assert batch["input_ids"][row, :n].tolist() == train.example(i).tolist()
         assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (T - n)
         assert batch["token_type_ids"][row].tolist() == [0] * n_a + [1] * (n - n_a) + [0] * (T - n)
     assert batch["next_sentence_label"].tolist() == train.nsp_labels[idx].tolist()
     assert all(t.dtype == torch.int64 for t in batch.values())
+    assert train.seq_len(idx) == T
+    wider = train.batch(idx, seq_len=T + 8)  # padded as part of a larger batch
+    assert wider["input_ids"].shape == (B, T + 8) and torch.equal(wider["input_ids"][:, :T], batch["input_ids"])
 
 
 def test_validation_documents_are_held_out(prepared):
@@ -118,13 +125,13 @@ def test_cache_hit_reads_and_tokenizes_nothing(prepared, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a cache hit must not read, tokenize or train")
 
-    for module, name in [(pretraining, "read_documents"), (pretraining, "tokenize_documents"),
-                         (tokenizer_module, "train_wordpiece")]:
+    for module, name in [(pretraining, "corpus_parts"), (pretraining, "read_records"), (shards, "read_records"),
+                         (shards, "tokenize_documents"), (tokenizer_module, "train_wordpiece")]:
         monkeypatch.setattr(module, name, forbidden)
     again = prepare_pretraining_data(cfg, cache)
     assert again.cache_path == data.cache_path
-    assert np.array_equal(again.train.input_ids, data.train.input_ids)
-    assert isinstance(again.train.input_ids, np.memmap)
+    assert np.array_equal(again.train.input_ids[0], data.train.input_ids[0])
+    assert isinstance(again.train.input_ids[0], np.memmap)
 
 
 def test_examples_are_deterministic_and_settings_change_the_key(prepared, tmp_path):
@@ -135,8 +142,9 @@ def test_examples_are_deterministic_and_settings_change_the_key(prepared, tmp_pa
         (other_cache / "tokenizers" / path.name).symlink_to(path)
     again = prepare_pretraining_data(cfg, other_cache)
     assert again.cache_path.name == data.cache_path.name
-    for name in ("input_ids", "offsets", "a_lengths", "nsp_labels", "doc_ids", "b_doc_ids"):
+    for name in ("token_starts", "lengths", "a_lengths", "nsp_labels", "doc_ids", "b_doc_ids"):
         assert np.array_equal(getattr(again.train, name), getattr(data.train, name)), name
+    assert all(np.array_equal(a, b) for a, b in zip(again.train.input_ids, data.train.input_ids, strict=True))
     changed = prepare_pretraining_data(cfg.model_copy(update={"seed": 1, "val_documents": 0}), other_cache)
     assert changed.cache_path != again.cache_path and len(changed.val) == 0
 
@@ -183,7 +191,7 @@ def test_real_wiki_slice(tmp_path):
                      max_seq_len=128, tokenizer=TokenizerConfig(vocab_size=2000))
     data = prepare_pretraining_data(cfg, tmp_path)
     train = data.train
-    assert len(train) > 500 and np.diff(train.offsets).max() <= 128
+    assert len(train) > 500 and train.lengths.max() <= 128
     assert np.array_equal(train.nsp_labels == 1, train.b_doc_ids != train.doc_ids)
     batch = train.batch(np.arange(16))
     assert batch["input_ids"].shape[1] == 128 and (batch["input_ids"][:, 0] == data.tokenizer.cls_token_id).all()

@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zeroshot", help="zero-shot classification with an image-text (CLIP) run")
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--data", default="../shared/data/cifar10/train.parquet",
-                   help="labelled images: HF dataset name, Parquet files/globs or an image folder "
-                        "(default: %(default)s)")
+    p.add_argument("--data", default="cifar10:train",
+                   help="labelled images: a catalogue name[:split], HF dataset name, Parquet files/globs or an "
+                        "image folder (default: %(default)s, the CIFAR-10 training images)")
     p.add_argument("--split", default="test", help="split of an HF dataset (default: test)")
     p.add_argument("--classes", nargs="+", help="class names (default: the dataset's)")
     p.add_argument("--template", action="append", help="a prompt template with {c} (repeatable; default: "

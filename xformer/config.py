@@ -203,6 +203,7 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(30522, gt=0)
     lowercase: bool = True
     train_documents: int | None = Field(20000, description="documents used to train WordPiece")
+    train_chars: int | None = Field(None, gt=0, description="character budget of the WordPiece training sample")
 
 
 class DataConfig(Section):
@@ -211,9 +212,11 @@ class DataConfig(Section):
     source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/text files/globs")
     text_column: str = "text"
     split: str = "train"
-    max_documents: int | None = Field(None, gt=0)
+    max_documents: int | None = Field(None, gt=0, description="the corpus's first N records, blank ones included")
     val_documents: int = Field(100, ge=0, description="held-out documents for evaluation")
     tokenizer: TokenizerConfig = TokenizerConfig()
+    num_workers: int | None = Field(None, gt=0, description="processes preparing the examples; None: one per core")
+    shard_documents: int = Field(1000, gt=0, description="corpus records per shard, a worker's unit of work")
     max_seq_len: int = Field(128, ge=8)
     objective: Literal["mlm_nsp", "mlm"] = Field(
         "mlm_nsp", description="mlm_nsp: BERT's sentence pairs; mlm: packed full-length sequences, no NSP")

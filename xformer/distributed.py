@@ -103,6 +103,15 @@ def all_reduce_sums(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, stacked.tolist()))
 
 
+def all_reduce_tensors(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum 0-d tensors over all processes in one collective, staying on the device (no host sync)."""
+    if not dist.is_initialized() or not values:
+        return values
+    stacked = torch.stack(list(values.values()))
+    dist.all_reduce(stacked)
+    return dict(zip(values, stacked.unbind()))
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate every process's ``x`` (B, ...) along dim 0 -> (world_size * B, ...), and the offset of this
     process's rows. Gradients flow back to every process's own part, so a loss over the gathered rows

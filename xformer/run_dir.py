@@ -167,8 +167,10 @@ def data_sources(cfg: RunConfig) -> dict[str, tuple]:
             continue
         for key in type(section).model_fields:
             if key.endswith("source") and getattr(section, key) is not None:
+                # the split each loader reads: its own *_split key, else the loaders' defaults
                 split_key = key.replace("source", "split")
-                split = getattr(section, split_key, None) or getattr(section, "split", "train")
+                default = {"val_source": "validation", "test_source": "test"}.get(key, "train")
+                split = getattr(section, split_key, None) or default
                 found[f"{section_name}.{key}"] = (getattr(section, key), split)
     return found
 

@@ -6,15 +6,19 @@ three methods:
 
 - ``prepare(batch, generator, train)``: on-device, random per batch work (masking, augmentation;
   with ``train=False`` only what evaluation needs, e.g. fixed masks, no augmentation);
-- ``loss(model, local, full)``: loss and summed counts for this process's rows ``local`` of the
-  micro-batch ``full`` (``full`` gives global normalisers, so N processes match one with N x batch);
+- ``normalizers(batch)``: 0-d counts that the loss divides by (rows, masked tokens), summed over the
+  whole micro-batch, so N processes match one with N x batch;
+- ``loss(model, local, norms)``: loss and summed counts for this process's rows ``local``;
 - ``metrics(counts)``: summed counts -> named metrics;
 - optionally ``param_groups(model)`` (what to train, with which decay) and ``evaluate(model)`` (metrics
   that need the whole validation set at once, e.g. retrieval, added to each evaluation).
 
-Every process builds the same global micro-batch from the step number alone (a seeded permutation per
-epoch, a seeded generator per micro-batch) and keeps its own rows. So resuming needs only the step and
-the RNG state, and data-parallel runs reproduce single-process ones.
+Every micro-batch follows from the step number alone (a seeded permutation per epoch, a seeded
+generator per micro-batch), so resuming needs only the step and the RNG state, and data-parallel runs
+reproduce single-process ones. A task whose data has ``seq_len(indices)`` and whose ``prepare`` takes
+``rows`` (``local_rows = True``: the token tasks) has each process read only its own rows, padded to the
+micro-batch's length, with random draws made for the whole micro-batch and sliced, and the normalisers
+summed over processes; otherwise every process builds the global micro-batch and keeps its rows.
 
 A step whose loss or gradient norm is not finite stops training at the next log or save (one host
 sync there, none per step) with an error naming the step; no checkpoint is written after it.
@@ -105,6 +109,7 @@ class Trainer:
             step_model = DistributedDataParallel(step_model, device_ids=ids)
         self.step_model = step_model
         self._first_bad = torch.tensor(-1, device=dist.device)
+        self._local_rows = dist.world_size > 1 and getattr(task, "local_rows", False)
 
     # ------------------------------------------------------------------ data
     def _generator(self, seed: int) -> torch.Generator:
@@ -112,19 +117,26 @@ class Trainer:
         g.manual_seed(seed)
         return g
 
-    def _global_batch(self, k: int) -> dict[str, torch.Tensor]:
-        """The k-th global micro-batch since the start of training, prepared on the device."""
+    def _micro_batch(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """This process's rows of the k-th micro-batch since the start of training, prepared on the device,
+        and the normalisers of the whole micro-batch."""
         epoch, pos = divmod(k, self.epoch_batches)
         if epoch != self._perm_epoch:
             rng = np.random.default_rng([self.tcfg.seed, epoch])
             self._perm, self._perm_epoch = rng.permutation(len(self.task.train_data)), epoch
         idx = self._perm[pos * self.micro_batch:(pos + 1) * self.micro_batch]
-        batch = {n: t.to(self.dist.device, non_blocking=True) for n, t in self.task.train_data.batch(idx).items()}
-        return self.task.prepare(batch, self._generator(self.tcfg.seed * 1_000_003 + k), train=True)
+        generator = self._generator(self.tcfg.seed * 1_000_003 + k)
+        B, r, data = self.tcfg.batch_size, self.dist.rank, self.task.train_data
+        if self._local_rows:  # read only this process's rows, padded as the whole micro-batch would be
+            batch = data.batch(idx[r * B:(r + 1) * B], seq_len=data.seq_len(idx))
+            local = self.task.prepare(self._to_device(batch), generator, train=True, rows=(r * B, len(idx)))
+            norms = {n: v.double() for n, v in self.task.normalizers(local).items()}
+            return local, distributed.all_reduce_tensors(norms)
+        full = self.task.prepare(self._to_device(data.batch(idx)), generator, train=True)
+        return {n: t[r * B:(r + 1) * B] for n, t in full.items()}, self.task.normalizers(full)
 
-    def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        B, r = self.tcfg.batch_size, self.dist.rank
-        return {n: t[r * B:(r + 1) * B] for n, t in batch.items()}
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: t.to(self.dist.device, non_blocking=True) for n, t in batch.items()}
 
     # ------------------------------------------------------------------ loop
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
@@ -132,10 +144,10 @@ class Trainer:
         counts: dict[str, torch.Tensor] = {}
         accum = self.tcfg.grad_accum
         for micro in range(accum):
-            full = self._global_batch(step * accum + micro)
+            local, norms = self._micro_batch(step * accum + micro)
             sync = micro == accum - 1 or self.dist.world_size == 1
             with (contextlib.nullcontext() if sync else self.step_model.no_sync()), self.autocast():
-                loss, c = self.task.loss(self.step_model, self._local(full), full)
+                loss, c = self.task.loss(self.step_model, local, norms)
             # DDP averages gradients over processes; losses are already shares of the global batch.
             (loss * self.dist.world_size / accum).backward()
             c["nonfinite"] = (~torch.isfinite(loss.detach())).sum()
@@ -168,7 +180,7 @@ class Trainer:
             full = self.task.prepare(full, self._generator(2**31 + i), train=False)
             local = {n: t[self.dist.rank::self.dist.world_size] for n, t in full.items()}
             with self.autocast():
-                _, c = self.task.loss(self.model, local, full)
+                _, c = self.task.loss(self.model, local, self.task.normalizers(full))
             for n, v in c.items():
                 counts[n] = counts[n] + v if n in counts else v
         metrics = self.task.metrics(distributed.all_reduce_sums(counts))

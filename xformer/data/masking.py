@@ -54,27 +54,38 @@ class MLMMasker:
         return self._on_device[device]
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator,
+        rows: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask a (B, T) batch; returns (masked input_ids, labels: original id where selected, else -100)."""
+        """Mask a (B, T) batch; returns (masked input_ids, labels: original id where selected, else -100).
+
+        With ``rows=(offset, total)`` the batch is rows ``offset:offset+B`` of a micro-batch of ``total``
+        rows: the random draws are made for all of them and sliced, so each row is masked as it would be
+        in the whole micro-batch."""
         device = input_ids.device
+        B, T = input_ids.shape
+        offset, total = rows or (0, B)
+
+        def draw(fn, *args):  # (total, T) draws -> this batch's (B, T) rows
+            return fn(*args, (total, T), generator=generator, device=device)[offset:offset + B]
+
         is_special, random_ids, is_continuation = self._tables(device)
         maskable = attention_mask.bool() & ~is_special[input_ids]  # (B, T)
-        draw = torch.rand(input_ids.shape, generator=generator, device=device) < self.mlm_prob  # (B, T)
+        chosen = draw(torch.rand) < self.mlm_prob  # (B, T)
         if self.whole_word_mask:
             # A word starts at a maskable token that is not a ## piece, or that follows a non-maskable one.
             prev_maskable = F.pad(maskable[:, :-1], (1, 0), value=False)
             word_start = maskable & (~is_continuation[input_ids] | ~prev_maskable)  # (B, T)
             positions = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
             start_of = torch.where(word_start, positions, 0).cummax(dim=1).values  # (B, T) start of own word
-            selected = (draw & word_start).gather(1, start_of) & maskable
+            selected = (chosen & word_start).gather(1, start_of) & maskable
         else:
-            selected = draw & maskable
-        action = torch.rand(input_ids.shape, generator=generator, device=device)  # (B, T)
+            selected = chosen & maskable
+        action = draw(torch.rand)  # (B, T)
         to_mask = selected & (action < self.mask_token_prob)
         keep_from = self.mask_token_prob + self.random_token_prob
         to_random = selected & (action >= self.mask_token_prob) & (action < keep_from)
-        replacement = random_ids[torch.randint(len(random_ids), input_ids.shape, generator=generator, device=device)]
+        replacement = random_ids[draw(torch.randint, len(random_ids))]
         masked = torch.where(to_mask, torch.full_like(input_ids, self.mask_token_id), input_ids)
         masked = torch.where(to_random, replacement, masked)
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))

@@ -2,10 +2,11 @@
 and the HF hub loader.
 
 A source value is a string or a list of them, each a local file, a folder (its files with an accepted
-suffix, recursively) or a glob; or, alone, an HF hub dataset name (``wikitext``, ``owner/name``), or (for
-image sources) a folder with one sub-folder of images per class. Every reader turns malformed input
-(not UTF-8, not Parquet, a missing column) into a one-line :class:`~xformer.errors.XformerError` that
-names the file.
+suffix, recursively) or a glob; or, alone, a catalogue name (``wikipedia``, ``cifar10``, ``sst2:validation``;
+see :mod:`xformer.data.catalog`), an HF hub dataset name (``wikitext``, ``owner/name``), or (for image
+sources) a folder with one sub-folder of images per class. An existing path or a glob is never a name.
+Every reader turns malformed input (not UTF-8, not Parquet, a missing column) into a one-line
+:class:`~xformer.errors.XformerError` that names the file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xformer.data import catalog
 from xformer.errors import XformerError
 
 CORPUS_SUFFIXES = (".parquet", ".txt", ".text", ".jsonl", ".json")
@@ -39,7 +41,7 @@ class Source:
     key: str  # the config key, for messages: "data.source"
     kind: str  # "files" | "folder" | "hub"
     files: list[Path] = field(default_factory=list)  # local files; for a folder, its images
-    name: str = ""  # hub name or folder path
+    name: str = ""  # hub name (or catalogue name) or folder path
     split: str = ""  # hub split
 
     @property
@@ -87,6 +89,21 @@ def _folder_images(root: Path) -> list[Path]:
     ]
 
 
+def _named(entry: str, key: str, split: str) -> Source | None:
+    """The Source of a catalogue name (``name`` or ``name:split``): its split's Parquet files in the first
+    data folder holding them, else the HF hub; None if ``entry`` is no catalogue name. Offline and found in
+    no folder: a one-line error naming the folders searched and how to fetch the set."""
+    named = catalog.parse(entry)
+    if named is None:
+        return None
+    dataset, split = named[0], named[1] or split
+    files = catalog.local_files(dataset, split)
+    if files:
+        return Source(key, "files", files)
+    catalog.check_hub(dataset, split, key, entry)
+    return Source(key, "hub", name=dataset.name, split=split)
+
+
 def resolve(
     source: str | list[str],
     key: str = "data.source",
@@ -95,9 +112,10 @@ def resolve(
     image_folder: bool = False,
 ) -> Source:
     """Resolve ``source`` (the value of config key ``key``) to the files with ``suffixes`` it names, in
-    order and without duplicates; a lone entry that is no local path but looks like a hub name is an HF
-    hub dataset (loaded with ``split``); with ``image_folder``, a lone folder holding no such files is a
-    class-per-sub-folder image folder."""
+    order and without duplicates. A lone entry that is no local path or glob may be a catalogue name (its
+    ``split`` from a data folder, else the hub) or look like a hub name (an HF hub dataset, loaded with
+    ``split``); with ``image_folder``, a lone folder holding no such files is a class-per-sub-folder image
+    folder."""
     entries = [source] if isinstance(source, str) else list(source)
     if not entries:
         raise XformerError(f"{key} is an empty list")
@@ -112,8 +130,12 @@ def resolve(
                     f"images ({', '.join(IMAGE_SUFFIXES)})"
                 )
             return Source(key, "folder", files, name=str(path))
-        if not path.exists() and _is_hub_name(entry):
-            return Source(key, "hub", name=entry, split=split)
+        if not path.exists() and not any(c in entry for c in GLOB_CHARS):
+            named = _named(entry, key, split)
+            if named is not None:
+                return named
+            if _is_hub_name(entry):
+                return Source(key, "hub", name=entry, split=split)
     files: dict[Path, None] = {}  # ordered, without duplicates
     for entry in entries:
         files.update(dict.fromkeys(_entry_files(str(entry), key, suffixes)))
@@ -266,10 +288,18 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def load_hub(src: Source, example: str | None = None):
-    """``datasets.load_dataset(name, split=split)`` for a hub source; when that fails (no network, no such
-    dataset or split) a one-line error telling how to get local files, ``example`` being one for the key."""
+    """``datasets.load_dataset(name, split=split)`` for a hub source (for a catalogue name, its hub copy with
+    the local columns; an ``IterableDataset`` if it streams); when that fails (no network, no such dataset or
+    split) a one-line error telling how to get local files, ``example`` being one for the key."""
     import datasets
 
+    dataset = catalog.CATALOG.get(src.name)
+    if dataset is not None:
+        try:
+            return catalog.load_from_hub(dataset, src.split)
+        except Exception as err:  # no network, hub trouble: the user's fix is to fetch it
+            why = f"the HF hub failed ({_first_line(err)})"
+            raise catalog.not_found(src.key, src.name, dataset, src.split, why) from None
     try:
         return datasets.load_dataset(src.name, split=src.split)
     except Exception as err:  # no network, no such dataset or split: the user's fix is the same

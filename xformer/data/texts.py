@@ -45,11 +45,15 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``attention_mask`` (B, T) cut to the longest row, ``labels`` (B,)."""
+    def seq_len(self, indices: np.ndarray) -> int:
+        """The length :meth:`batch` cuts rows ``indices`` to: the longest of them."""
+        return int(self.lengths[torch.from_numpy(np.asarray(indices, dtype=np.int64))].max())
+
+    def batch(self, indices: np.ndarray, seq_len: int | None = None) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` (B, T) cut to the longest row (or to ``seq_len``), ``labels`` (B,)."""
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         lengths = self.lengths[idx]
-        T = int(lengths.max())
+        T = int(lengths.max()) if seq_len is None else seq_len
         mask = (torch.arange(T) < lengths[:, None]).long()  # (B, T)
         return {"input_ids": self.input_ids[idx, :T], "attention_mask": mask, "labels": self.labels[idx]}
 

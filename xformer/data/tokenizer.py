@@ -2,7 +2,9 @@
 
 A trained tokenizer is cached under ``CACHE/tokenizers/<hash>`` (keyed by the corpus and the
 tokenizer config) as a ``save_pretrained`` directory, so ``AutoTokenizer.from_pretrained`` (or
-``data.tokenizer.path``) loads it like any other.
+``data.tokenizer.path``) loads it like any other. It is trained on a bounded sample streamed from the
+corpus (:func:`tokenizer_sample`): the first ``train_documents`` documents, at most ``train_chars``
+characters in all, so the corpus is never held in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import (
@@ -31,8 +34,24 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # in this order
 LIMIT_ALPHABET = 1000  # keep the 1000 most frequent characters; rarer ones become [UNK]
 
 
-def train_wordpiece(documents: list[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
-    """Train a BERT WordPiece tokenizer on (at most ``cfg.train_documents`` of) ``documents``."""
+def tokenizer_sample(documents: Iterable[str], max_documents: int | None, max_chars: int | None) -> Iterator[str]:
+    """The first ``max_documents`` of ``documents``, cut so that they hold at most ``max_chars`` characters
+    in all (the document that crosses the budget is truncated); ``documents`` is read no further."""
+    chars = 0
+    for n, doc in enumerate(documents):
+        if max_documents is not None and n >= max_documents:
+            return
+        if max_chars is not None:
+            doc = doc[: max_chars - chars]
+            chars += len(doc)
+        yield doc
+        if max_chars is not None and chars >= max_chars:
+            return
+
+
+def train_wordpiece(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Train a BERT WordPiece tokenizer on the :func:`tokenizer_sample` of ``documents`` that ``cfg``
+    bounds (``train_documents``, ``train_chars``), streamed."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -44,8 +63,7 @@ def train_wordpiece(documents: list[str], cfg: TokenizerConfig) -> PreTrainedTok
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    docs = documents[: cfg.train_documents]
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    tok.train_from_iterator(tokenizer_sample(documents, cfg.train_documents, cfg.train_chars), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -94,12 +112,13 @@ def _load(path: str | Path, what: str) -> PreTrainedTokenizerFast:
 
 
 def build_tokenizer(
-    cfg: TokenizerConfig, documents: list[str] | None, cache_dir: Path, corpus_key: str
+    cfg: TokenizerConfig, documents: Iterable[str] | None, cache_dir: Path, corpus_key: str
 ) -> PreTrainedTokenizerFast:
     """Load ``cfg.path``, or the cached WordPiece tokenizer for this corpus, or train and cache it.
 
-    ``documents`` are only read when training; pass None when the tokenizer is known to be loadable
-    (``cfg.path`` set or :func:`tokenizer_cache_path` present).
+    ``documents`` (a list or a stream) are only read when training, and only as far as the sample
+    goes; pass None when the tokenizer is known to be loadable (``cfg.path`` set or
+    :func:`tokenizer_cache_path` present).
     """
     if cfg.path is not None:
         return _load(cfg.path, "data.tokenizer.path")
@@ -110,8 +129,13 @@ def build_tokenizer(
         raise ValueError(f"no cached tokenizer at {path}: documents are needed to train one")
 
     t0 = time.perf_counter()
-    n = len(documents) if cfg.train_documents is None else min(len(documents), cfg.train_documents)
-    log(f"training WordPiece tokenizer (vocab {cfg.vocab_size}) on {n} documents ...")
+    limits = []
+    if cfg.train_documents is not None:
+        limits.append(f"{cfg.train_documents} documents")
+    if cfg.train_chars is not None:
+        limits.append(f"{cfg.train_chars:,} characters")
+    sample = "at most " + " / ".join(limits) if limits else "every document"
+    log(f"training WordPiece tokenizer (vocab {cfg.vocab_size}) on {sample} ...")
     tokenizer = train_wordpiece(documents, cfg)
     with publish_dir(path) as work:
         tokenizer.save_pretrained(str(work))

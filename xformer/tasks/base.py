@@ -38,9 +38,11 @@ class Dataset(Protocol):
 class Task(Protocol):
     """The trainer's contract with a task (see :mod:`xformer.trainer`).
 
-    Optional methods, used when present: ``param_groups(model) -> list[dict]`` (what to train, with
-    which weight decay and LR scale) and ``evaluate(model) -> dict`` (metrics that need the whole
-    validation set at once, e.g. retrieval).
+    Optional, used when present: ``param_groups(model) -> list[dict]`` (what to train, with which weight
+    decay and LR scale), ``evaluate(model) -> dict`` (metrics that need the whole validation set at once,
+    e.g. retrieval), and ``local_rows = True`` when ``prepare`` also takes ``rows=(offset, total)`` (random
+    draws made for a whole micro-batch of ``total`` rows, sliced from ``offset``) and the training data has
+    ``seq_len(indices)`` and ``batch(indices, seq_len=...)``: each process then reads only its own rows.
     """
 
     train_data: Dataset
@@ -49,8 +51,11 @@ class Task(Protocol):
     def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
         """On-device random work for a global micro-batch (masking, augmentation)."""
 
-    def loss(self, model: nn.Module, local: dict, full: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of this process's rows ``local`` (normalised by the whole micro-batch ``full``) and summed counts."""
+    def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
+        """0-d counts the loss divides by (rows, masked tokens); the trainer sums them over the micro-batch."""
+
+    def loss(self, model: nn.Module, local: dict, norms: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of this process's rows ``local``, normalised by the micro-batch's ``norms``, and summed counts."""
 
     def metrics(self, counts: dict[str, float]) -> dict[str, float]:
         """Summed counts -> named metrics."""

@@ -25,20 +25,25 @@ class BertPretrainingConfig(RunConfig):
 class BertPretrainingTask:
     """Masks each batch on the device and computes MLM + NSP loss with the sparse MLM head."""
 
+    local_rows = True  # masking draws can be made for a whole micro-batch and sliced to a process's rows
+
     def __init__(self, train_data, val_data, masker):
         self.train_data, self.val_data, self.masker = train_data, val_data, masker
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
-        input_ids, labels = self.masker(batch["input_ids"], batch["attention_mask"], generator)
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool,
+                rows: tuple[int, int] | None = None) -> dict:
+        input_ids, labels = self.masker(batch["input_ids"], batch["attention_mask"], generator, rows)
         return {**batch, "input_ids": input_ids, "labels": labels}
 
-    def loss(self, model, local: dict, full: dict):
+    def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"masked": (batch["labels"] != IGNORE_INDEX).sum(), "rows": batch["labels"].new_tensor(len(batch["labels"]))}
+
+    def loss(self, model, local: dict, norms: dict):
         out = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
                     token_type_ids=local["token_type_ids"], labels=local["labels"])
         loss, counts = bert_pretraining_loss(  # MLM only when the examples have no NSP labels (packed)
             out.mlm_logits, out.nsp_logits, local["labels"], local.get("next_sentence_label"),
-            mlm_normalizer=(full["labels"] != IGNORE_INDEX).sum().clamp(min=1),
-            nsp_normalizer=full["labels"].size(0),
+            mlm_normalizer=norms["masked"].clamp(min=1), nsp_normalizer=norms["rows"],
         )
         counts["tokens"] = local["attention_mask"].sum()
         return loss, counts

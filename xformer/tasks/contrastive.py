@@ -79,11 +79,13 @@ class ContrastiveTask:
         mask = (torch.arange(ids.size(-1), device=ids.device) < lengths[rows, pick][:, None]).long()  # (B, L)
         return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": mask}
 
-    def loss(self, model, local: dict, full: dict):
+    def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"rows": torch.tensor(len(batch["input_ids"]), device=batch["input_ids"].device)}
+
+    def loss(self, model, local: dict, norms: dict):
         out = model(pixel_values=local["pixel_values"], input_ids=local["input_ids"],
                     attention_mask=local["attention_mask"])
-        loss, counts = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale,
-                                        normalizer=full["input_ids"].size(0))
+        loss, counts = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, normalizer=norms["rows"])
         counts["images"] = counts["n"].clone()
         return loss, counts
 
@@ -195,7 +197,7 @@ def _load_run(run_dir: str | Path):
 def _write_scores(run_dir: Path, kind: str, source, count: int, scores: dict) -> None:
     from xformer.checkpoint import atomic_write_text
 
-    name = Path(source if isinstance(source, str) else source[0]).stem
+    name = Path(source if isinstance(source, str) else source[0]).stem.replace(":", "_")  # cifar10:train
     out = Path(run_dir) / f"{kind}_{name}.json"
     atomic_write_text(out, json.dumps({"source": source, "images": count, **scores}, indent=2))
     print(f"{kind} {source}: {count} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" -> {out}")

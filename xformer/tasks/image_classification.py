@@ -50,9 +50,12 @@ class ImageClassificationTask:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)  # faster convolutions
         return {"pixel_values": pixel_values, "targets": targets, "labels": labels}
 
-    def loss(self, model, local: dict, full: dict):
+    def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"rows": batch["labels"].new_tensor(len(batch["labels"]))}
+
+    def loss(self, model, local: dict, norms: dict):
         logits = model(pixel_values=local["pixel_values"]).logits
-        loss, counts = classification_loss(logits, local["targets"], local["labels"], full["labels"].numel())
+        loss, counts = classification_loss(logits, local["targets"], local["labels"], norms["rows"])
         counts["images"] = local["labels"].new_tensor(local["labels"].numel())
         return loss, counts
 

@@ -29,16 +29,22 @@ class TextClassificationConfig(RunConfig):
 class TextClassificationTask:
     """Cross-entropy on the pooled [CLS] token; accuracy. Nothing random to prepare."""
 
+    local_rows = True  # each process reads only its rows
+
     def __init__(self, train_data, val_data, num_classes: int):
         self.train_data, self.val_data, self.num_classes = train_data, val_data, num_classes
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool,
+                rows: tuple[int, int] | None = None) -> dict:
         return batch
 
-    def loss(self, model, local: dict, full: dict):
+    def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"rows": batch["labels"].new_tensor(len(batch["labels"]))}
+
+    def loss(self, model, local: dict, norms: dict):
         logits = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"]).logits
         targets = F.one_hot(local["labels"], self.num_classes).float()
-        loss, counts = classification_loss(logits, targets, local["labels"], full["labels"].numel())
+        loss, counts = classification_loss(logits, targets, local["labels"], norms["rows"])
         counts["tokens"] = local["attention_mask"].sum()
         return loss, counts
 
