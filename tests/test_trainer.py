@@ -114,3 +114,28 @@ def test_pretraining_continues_from_an_exported_hf_checkpoint(tiny_config, tmp_p
     assert load_tokenizer(tmp_path / "warm").get_vocab() == load_tokenizer(tmp_path / "hf").get_vocab()
     assert warm.data.tokenizer.path is None and warm.model.dim == 32
     assert train_losses(tmp_path / "warm")[1] < train_losses(tmp_path / "fresh")[1] - 0.2
+
+
+def counting_worker(rank, world, port, cfg, log_dir):
+    """A DDP worker that records how many rows each training read asks for."""
+    from xformer.data.sentence_pairs import PretrainingDataset
+
+    read = PretrainingDataset.batch
+
+    def batch(self, indices, seq_len=None):
+        if seq_len is not None:  # training reads; evaluation reads whole validation batches
+            with open(f"{log_dir}/rank{rank}.txt", "a") as f:
+                f.write(f"{len(indices)}\n")
+        return read(self, indices, seq_len)
+
+    PretrainingDataset.batch = batch
+    ddp_worker(rank, world, port, cfg)
+
+
+def test_ddp_processes_read_only_their_own_rows(tiny_config, tmp_path):
+    cfg = tiny_config("train.max_steps=3", "train.batch_size=4", f"out_dir={tmp_path / 'run'}")
+    mp.start_processes(counting_worker, args=(2, free_port(), cfg, tmp_path), nprocs=2, join=True,
+                       start_method="spawn")
+    for rank in (0, 1):
+        reads = (tmp_path / f"rank{rank}.txt").read_text().split()
+        assert reads == ["4"] * 3  # 3 steps, each reading this process's 4 rows of the 8-row micro-batch
