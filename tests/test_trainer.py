@@ -139,3 +139,14 @@ def test_ddp_processes_read_only_their_own_rows(tiny_config, tmp_path):
     for rank in (0, 1):
         reads = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert reads == ["4"] * 3  # 3 steps, each reading this process's 4 rows of the 8-row micro-batch
+
+
+def test_activation_checkpointing_trains_alike_and_the_gradient_norm_is_logged(tiny_config, tmp_path):
+    pretrain(tiny_config("train.max_steps=5", f"out_dir={tmp_path / 'plain'}"))
+    pretrain(tiny_config("train.max_steps=5", "train.activation_checkpointing=true", f"out_dir={tmp_path / 'ckpt'}"))
+    plain, ckpt = train_losses(tmp_path / "plain"), train_losses(tmp_path / "ckpt")
+    for step in plain:
+        assert abs(plain[step] - ckpt[step]) < 1e-5, (step, plain[step], ckpt[step])
+    records = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["grad_norm"] for r in records if r["split"] == "train"]
+    assert len(norms) == 5 and all(n > 0 for n in norms)

@@ -354,7 +354,8 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     clip_grad: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile each transformer block (the whole model if it has none)")
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(10, gt=0)

@@ -40,7 +40,7 @@ from xformer import distributed
 from xformer.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
-from xformer.layers import configure_attention
+from xformer.layers import blocks_of, configure_attention, set_activation_checkpointing
 from xformer.metrics import MetricsLog, start_wandb
 
 
@@ -91,6 +91,7 @@ class Trainer:
         bf16 = self.tcfg.precision == "bf16" or (self.tcfg.precision == "auto" and dist.device.type == "cuda")
         self.autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
         configure_attention(self.model, dist.device, torch.bfloat16 if bf16 else torch.float32)
+        set_activation_checkpointing(self.model, self.tcfg.activation_checkpointing)
         self.micro_batch = self.tcfg.batch_size * dist.world_size  # rows of one global micro-batch
         if len(task.train_data) < self.micro_batch:
             raise XformerError(f"the training data has {len(task.train_data)} examples, fewer than one batch "
@@ -103,12 +104,19 @@ class Trainer:
         self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg, self.total_steps))
         self._perm_epoch, self._perm = -1, None
-        step_model = torch.compile(self.model) if self.tcfg.compile else self.model
+        step_model = self.model
+        if self.tcfg.compile:  # regional: each block once (they share one compiled graph), else the whole model
+            blocks = blocks_of(self.model)
+            for block in blocks:
+                block.compile()
+            if not blocks:
+                step_model = torch.compile(self.model)
         if dist.world_size > 1:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             step_model = DistributedDataParallel(step_model, device_ids=ids)
         self.step_model = step_model
         self._first_bad = torch.tensor(-1, device=dist.device)
+        self._norm_sum = torch.zeros((), dtype=torch.float64, device=dist.device)  # since the last log
         self._local_rows = dist.world_size > 1 and getattr(task, "local_rows", False)
 
     # ------------------------------------------------------------------ data
@@ -153,9 +161,10 @@ class Trainer:
             c["nonfinite"] = (~torch.isfinite(loss.detach())).sum()
             for n, v in c.items():
                 counts[n] = counts[n] + v if n in counts else v
-        if self.tcfg.clip_grad is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad)
-            counts["nonfinite"] = counts["nonfinite"] + (~torch.isfinite(norm)).sum()
+        # the gradient norm before clipping (with no clipping, an infinite limit only measures it)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad or math.inf)
+        counts["nonfinite"] = counts["nonfinite"] + (~torch.isfinite(norm)).sum()
+        self._norm_sum = self._norm_sum + norm.detach().double()
         # the first step with a non-finite loss or gradient, kept on the device (no host sync per step)
         self._first_bad = torch.where((self._first_bad < 0) & (counts["nonfinite"] > 0), step + 1, self._first_bad)
         self.optimizer.step()
@@ -211,7 +220,7 @@ class Trainer:
         window: dict[str, torch.Tensor] = {}
         train_metrics: dict = {}
         val_metrics: dict = {}
-        step = start_step
+        step = logged_step = start_step
         while step < self.total_steps:
             for n, v in self.train_step(step).items():
                 window[n] = window[n] + v if n in window else v
@@ -223,6 +232,9 @@ class Trainer:
                 now = time.perf_counter()
                 train_metrics = self.task.metrics(sums)
                 train_metrics["lr"] = self.scheduler.get_last_lr()[0]
+                train_metrics["grad_norm"] = float(self._norm_sum) / (step - logged_step)  # mean since the last log
+                self._norm_sum.zero_()
+                logged_step = step
                 for unit in ("tokens", "images"):  # throughput in whatever the task counts
                     if unit in sums:
                         train_metrics[f"{unit}_per_s"] = sums[unit] / (now - t_log)

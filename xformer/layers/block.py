@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from xformer.config import EncoderConfig
 from xformer.layers.attention import KERNELS, UNPADDED, Attention, AttnContext, check_backend_name, resolve_backend
@@ -53,6 +54,7 @@ class Encoder(nn.Module):
         self.requested_backend = cfg.attn_backend
         self.backend: str | None = None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.checkpointing = False  # recompute each block's activations in the backward pass
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
 
     def configure(self, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -70,7 +72,7 @@ class Encoder(nn.Module):
             x, indices, cu_seqlens, max_seqlen = unpad(x, attention_mask)  # (N, D)
             ctx = AttnContext(kernel, causal=causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             for block in self.blocks:
-                x = block(x, ctx)
+                x = self._run(block, x, ctx)
             return pad(self.norm(x), indices, B, T)  # (B, T, D)
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         if causal:
@@ -78,8 +80,14 @@ class Encoder(nn.Module):
             mask = tril if mask is None else mask & tril  # (B, 1, T, T)
         ctx = AttnContext(kernel, mask=mask, causal=causal)
         for block in self.blocks:
-            x = block(x, ctx)
+            x = self._run(block, x, ctx)
         return self.norm(x)
+
+    def _run(self, block: Block, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # the same RNG state in the recomputation: dropout masks, hence gradients, are unchanged
+            return checkpoint(block, x, ctx, use_reentrant=False)
+        return block(x, ctx)
 
 
 def configure_attention(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -92,3 +100,15 @@ def configure_attention(model: nn.Module, device: torch.device | str, dtype: tor
     for module in model.modules():
         if isinstance(module, Encoder):
             module.configure(device, dtype)
+
+
+def blocks_of(model: nn.Module) -> list[Block]:
+    """Every transformer :class:`Block` in ``model`` (both CLIP towers); [] for models without (the CNN)."""
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (every Encoder)."""
+    for module in model.modules():
+        if isinstance(module, Encoder):
+            module.checkpointing = enabled
