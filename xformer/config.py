@@ -356,6 +356,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = Field(False, description="torch.compile each transformer block (the whole model if it has none)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    prefetch: bool = Field(True, description="read the next micro-batch in a background thread")
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(10, gt=0)

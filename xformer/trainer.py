@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,6 @@ class Trainer:
         self.eval_every = steps_per_epoch if self.tcfg.eval_every == "epoch" else self.tcfg.eval_every
         self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg, self.total_steps))
-        self._perm_epoch, self._perm = -1, None
         step_model = self.model
         if self.tcfg.compile:  # regional: each block once (they share one compiled graph), else the whole model
             blocks = blocks_of(self.model)
@@ -118,6 +118,10 @@ class Trainer:
         self._first_bad = torch.tensor(-1, device=dist.device)
         self._norm_sum = torch.zeros((), dtype=torch.float64, device=dist.device)  # since the last log
         self._local_rows = dist.world_size > 1 and getattr(task, "local_rows", False)
+        self._perms: dict[int, np.ndarray] = {}
+        # one background thread reads (and pins) the next micro-batch while the current step runs
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if self.tcfg.prefetch else None
+        self._pending = None
 
     # ------------------------------------------------------------------ data
     def _generator(self, seed: int) -> torch.Generator:
@@ -125,23 +129,49 @@ class Trainer:
         g.manual_seed(seed)
         return g
 
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The seeded order of the training rows in ``epoch`` (the two latest epochs are kept)."""
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.tcfg.seed, epoch]).permutation(len(self.task.train_data))
+        return self._perms[epoch]
+
+    def _read(self, k: int) -> dict[str, torch.Tensor]:
+        """The CPU tensors of micro-batch k that this process needs: its own rows (padded as the whole
+        micro-batch would be) for a ``local_rows`` task, else the whole micro-batch."""
+        epoch, pos = divmod(k, self.epoch_batches)
+        idx = self._permutation(epoch)[pos * self.micro_batch:(pos + 1) * self.micro_batch]
+        B, r, data = self.tcfg.batch_size, self.dist.rank, self.task.train_data
+        batch = data.batch(idx[r * B:(r + 1) * B], seq_len=data.seq_len(idx)) if self._local_rows else data.batch(idx)
+        if self.dist.device.type == "cuda":
+            batch = {n: t.pin_memory() for n, t in batch.items()}  # copied to the GPU without blocking
+        return batch
+
+    def _cpu_batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Micro-batch k as read by the background thread while the previous step ran (or now), and the
+        read of k + 1 started."""
+        pending, self._pending = self._pending, None
+        batch = pending[1].result() if pending is not None and pending[0] == k else self._read(k)
+        if self._prefetcher is not None:
+            self._pending = (k + 1, self._prefetcher.submit(self._read, k + 1))
+        return batch
+
     def _micro_batch(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """This process's rows of the k-th micro-batch since the start of training, prepared on the device,
         and the normalisers of the whole micro-batch."""
-        epoch, pos = divmod(k, self.epoch_batches)
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.tcfg.seed, epoch])
-            self._perm, self._perm_epoch = rng.permutation(len(self.task.train_data)), epoch
-        idx = self._perm[pos * self.micro_batch:(pos + 1) * self.micro_batch]
+        batch = self._to_device(self._cpu_batch(k))
         generator = self._generator(self.tcfg.seed * 1_000_003 + k)
-        B, r, data = self.tcfg.batch_size, self.dist.rank, self.task.train_data
-        if self._local_rows:  # read only this process's rows, padded as the whole micro-batch would be
-            batch = data.batch(idx[r * B:(r + 1) * B], seq_len=data.seq_len(idx))
-            local = self.task.prepare(self._to_device(batch), generator, train=True, rows=(r * B, len(idx)))
+        if self._local_rows:  # this process's rows only; random draws for the whole micro-batch, sliced
+            B, r = self.tcfg.batch_size, self.dist.rank
+            local = self.task.prepare(batch, generator, train=True, rows=(r * B, self.micro_batch))
             norms = {n: v.double() for n, v in self.task.normalizers(local).items()}
             return local, distributed.all_reduce_tensors(norms)
-        full = self.task.prepare(self._to_device(data.batch(idx)), generator, train=True)
-        return {n: t[r * B:(r + 1) * B] for n, t in full.items()}, self.task.normalizers(full)
+        full = self.task.prepare(batch, generator, train=True)
+        return self._local(full), self.task.normalizers(full)
+
+    def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        B, r = self.tcfg.batch_size, self.dist.rank
+        return {n: t[r * B:(r + 1) * B] for n, t in batch.items()}
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {n: t.to(self.dist.device, non_blocking=True) for n, t in batch.items()}
@@ -265,19 +295,22 @@ class Trainer:
             t_log += time.perf_counter() - t_pause
             if last:
                 break
+        self._close(bar, log)
+        return {"step": step, "train": train_metrics, "val": val_metrics}
+
+    def _close(self, bar, log) -> None:
         bar.close()
         if log is not None:
             log.close()
-        return {"step": step, "train": train_metrics, "val": val_metrics}
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(cancel_futures=True)
 
     def _stop_if_diverged(self, bar, log) -> None:
         """Stop (XformerError) once a step had a non-finite loss or gradient: nothing more is saved."""
         first_bad = int(self._first_bad)
         if first_bad < 0:
             return
-        bar.close()
-        if log is not None:
-            log.close()
+        self._close(bar, log)
         last_good = latest_checkpoint(self.run_dir)
         raise XformerError(
             f"step {first_bad}: the training loss or gradient is not finite (diverged at lr "
