@@ -354,6 +354,9 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     clip_grad: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: replicate the model (ddp) or shard it per block (fsdp)")
+    reshard_after_forward: bool = Field(True, description="fsdp: free gathered parameters after forward")
     compile: bool = Field(False, description="torch.compile each transformer block (the whole model if it has none)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
     prefetch: bool = Field(True, description="read the next micro-batch in a background thread")

@@ -20,6 +20,10 @@ reproduce single-process ones. A task whose data has ``seq_len(indices)`` and wh
 micro-batch's length, with random draws made for the whole micro-batch and sliced, and the normalisers
 summed over processes; otherwise every process builds the global micro-batch and keeps its rows.
 
+With ``train.parallel=fsdp`` and several processes, the model is sharded per transformer block (FSDP2)
+instead of replicated (DDP); gradients are averaged over processes alike, so losses match, and
+checkpoints are sharded (DCP) and resume on any number of processes (see :mod:`xformer.checkpoint`).
+
 A step whose loss or gradient norm is not finite stops training at the next log or save (one host
 sync there, none per step) with an error naming the step; no checkpoint is written after it.
 """
@@ -34,11 +38,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xformer import distributed
-from xformer.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from xformer.checkpoint import (
+    OPTIMIZER_IN_DCP,
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    set_rng_state,
+)
 from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
 from xformer.layers import blocks_of, configure_attention, set_activation_checkpointing
@@ -86,13 +101,20 @@ class Trainer:
         self.cfg, self.tcfg, self.task, self.dist = cfg, cfg.train, task, dist
         self.run_dir = Path(run_dir)
         self.model = model.to(dist.device)
-        groups = task.param_groups(self.model) if hasattr(task, "param_groups") else \
-            param_groups(self.model, self.tcfg.weight_decay)
-        self.optimizer = build_optimizer(groups, self.tcfg, dist.device)
         bf16 = self.tcfg.precision == "bf16" or (self.tcfg.precision == "auto" and dist.device.type == "cuda")
         self.autocast = lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
         configure_attention(self.model, dist.device, torch.bfloat16 if bf16 else torch.float32)
         set_activation_checkpointing(self.model, self.tcfg.activation_checkpointing)
+        if self.tcfg.compile:  # regional: each block once (they share one compiled graph)
+            for block in blocks_of(self.model):
+                block.compile()
+        # FSDP shards before the optimizer is built: its parameters become DTensors. One process: plain.
+        self.fsdp = self.tcfg.parallel == "fsdp" and dist.world_size > 1
+        if self.fsdp:
+            distributed.shard_model(self.model, blocks_of(self.model), dist, bf16, self.tcfg.reshard_after_forward)
+        groups = task.param_groups(self.model) if hasattr(task, "param_groups") else \
+            param_groups(self.model, self.tcfg.weight_decay)
+        self.optimizer = build_optimizer(groups, self.tcfg, dist.device)
         self.micro_batch = self.tcfg.batch_size * dist.world_size  # rows of one global micro-batch
         if len(task.train_data) < self.micro_batch:
             raise XformerError(f"the training data has {len(task.train_data)} examples, fewer than one batch "
@@ -105,13 +127,9 @@ class Trainer:
         self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg, self.total_steps))
         step_model = self.model
-        if self.tcfg.compile:  # regional: each block once (they share one compiled graph), else the whole model
-            blocks = blocks_of(self.model)
-            for block in blocks:
-                block.compile()
-            if not blocks:
-                step_model = torch.compile(self.model)
-        if dist.world_size > 1:
+        if self.tcfg.compile and not blocks_of(self.model):  # no blocks (the CNN): the whole model
+            step_model = torch.compile(self.model)
+        if dist.world_size > 1 and not self.fsdp:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             step_model = DistributedDataParallel(step_model, device_ids=ids)
         self.step_model = step_model
@@ -184,15 +202,20 @@ class Trainer:
         for micro in range(accum):
             local, norms = self._micro_batch(step * accum + micro)
             sync = micro == accum - 1 or self.dist.world_size == 1
-            with (contextlib.nullcontext() if sync else self.step_model.no_sync()), self.autocast():
+            if self.fsdp:  # FSDP reduces gradients on the last micro-step only; no context manager
+                self.model.set_requires_gradient_sync(sync)
+            no_sync = contextlib.nullcontext() if sync or self.fsdp else self.step_model.no_sync()
+            with no_sync, self.autocast():
                 loss, c = self.task.loss(self.step_model, local, norms)
-            # DDP averages gradients over processes; losses are already shares of the global batch.
+            # DDP and FSDP average gradients over processes; losses are already shares of the global batch.
             (loss * self.dist.world_size / accum).backward()
             c["nonfinite"] = (~torch.isfinite(loss.detach())).sum()
             for n, v in c.items():
                 counts[n] = counts[n] + v if n in counts else v
         # the gradient norm before clipping (with no clipping, an infinite limit only measures it)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_grad or math.inf)
+        if isinstance(norm, DTensor):  # FSDP: the norm over all shards
+            norm = norm.full_tensor()
         counts["nonfinite"] = counts["nonfinite"] + (~torch.isfinite(norm)).sum()
         self._norm_sum = self._norm_sum + norm.detach().double()
         # the first step with a non-finite loss or gradient, kept on the device (no host sync per step)
@@ -232,8 +255,11 @@ class Trainer:
         tcfg, is_main = self.tcfg, self.dist.is_main
         start_step, elapsed_before = 0, 0.0
         if resume and (ckpt := latest_checkpoint(self.run_dir)) is not None:
-            state = load_checkpoint(ckpt, self.model)
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp or is_sharded(ckpt):  # DCP reshards; a full checkpoint is sharded on load
+                state = load_sharded_checkpoint(ckpt, self.model, self.optimizer)
+            else:
+                state = load_checkpoint(ckpt, self.model)
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start_step, elapsed_before = state["step"], state["elapsed"]
@@ -286,7 +312,12 @@ class Trainer:
                     bar.write(f"step {step} | val " + " | ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
             if step % self.save_every == 0 or last:
                 self._stop_if_diverged(bar, log)
-                if is_main:
+                if self.fsdp:  # every process writes its shards
+                    state = {"step": step, "optimizer": OPTIMIZER_IN_DCP, "scheduler": self.scheduler.state_dict(),
+                             "rng": rng_state(), "elapsed": elapsed_before + time.perf_counter() - t_start}
+                    save_sharded_checkpoint(self.run_dir, step, self.model, self.optimizer, self.cfg, state,
+                                            tcfg.keep_last, is_main)
+                elif is_main:
                     state = {"step": step, "optimizer": self.optimizer.state_dict(),
                              "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                              "elapsed": elapsed_before + time.perf_counter() - t_start}
@@ -296,6 +327,8 @@ class Trainer:
             if last:
                 break
         self._close(bar, log)
+        if self.fsdp:  # tasks' final reports may run the model on rank 0 only
+            distributed.unshard_model(self.model)
         return {"step": step, "train": train_metrics, "val": val_metrics}
 
     def _close(self, bar, log) -> None:
