@@ -36,13 +36,13 @@ import torch.nn.functional as F
 import transformers
 
 from xformer.config import BertConfig
+from xformer.distributed import peak_tflops
 from xformer.layers import configure_attention
 from xformer.models.bert import BertForPreTraining
 
 SIZES = {  # depth, dim, heads
     "tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "base": (12, 768, 12),
 }
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0)]
 VOCAB = 30522
 
 try:  # the library's loss (what the trainer runs), when it exists; otherwise the same thing inline
@@ -83,13 +83,6 @@ def model_flops(depth: int, dim: int, mlp_dim: int, lengths: torch.Tensor, maske
     p_mlm = dim * dim + dim * VOCAB
     attn = 12 * depth * dim * int((lengths.long() ** 2).sum())
     return 6 * p_enc * tokens + 6 * p_mlm * masked + attn
-
-
-def peak_tflops(device: str, override: float | None) -> float | None:
-    if override or device != "cuda":
-        return override
-    name = torch.cuda.get_device_name()
-    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
 def main() -> None:
@@ -170,7 +163,7 @@ def main() -> None:
             sync()
             times[name].append(time.perf_counter() - t0)
 
-    peak = peak_tflops(args.device, args.peak_tflops)
+    peak = peak_tflops(torch.device(args.device), args.peak_tflops)
     results = {}
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -157,3 +157,16 @@ def test_background_prefetch_changes_nothing(tiny_config, tmp_path):
     pretrain(tiny_config("train.max_steps=6", "train.prefetch=false", f"out_dir={tmp_path / 'plain'}"))
     pretrain(tiny_config("train.max_steps=6", "train.prefetch=true", f"out_dir={tmp_path / 'ahead'}"))
     assert train_losses(tmp_path / "plain") == train_losses(tmp_path / "ahead")
+
+
+def test_model_flops_utilisation_is_logged_against_the_given_peak(tiny_config, tmp_path):
+    from xformer.trainer import _matmul_parameters
+
+    pretrain(tiny_config("train.max_steps=2", "train.peak_tflops=0.001"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    from xformer.loading import load
+
+    flops = 6 * _matmul_parameters(load(tmp_path / "run"))
+    for r in train:  # tokens/s x FLOPs per token over the peak
+        assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e9, rel=1e-9)

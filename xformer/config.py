@@ -360,6 +360,8 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each transformer block (the whole model if it has none)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
     prefetch: bool = Field(True, description="read the next micro-batch in a background thread")
+    peak_tflops: float | None = Field(None, gt=0, description="the device's peak TFLOP/s for model FLOPs "
+                                      "utilisation; None: known GPUs' bf16 dense peak, else no MFU")
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(10, gt=0)

@@ -31,6 +31,18 @@ class DistInfo:
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
 
 
+# Dense bf16 peak TFLOP/s of the GPUs model FLOPs utilisation knows, by a part of the device's name.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0))
+
+
+def peak_tflops(device: torch.device, override: float | None = None) -> float | None:
+    """``override``, else the bf16 dense peak of a known CUDA device, else None (no MFU)."""
+    if override is not None or device.type != "cuda":
+        return override
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
 def pick_device(name: str) -> torch.device:
     """The ``train.device`` named ``name``: ``auto`` is this process's CUDA device if any, else the CPU;
     plain ``cuda`` is the GPU of this process's ``LOCAL_RANK``.

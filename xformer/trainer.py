@@ -93,6 +93,12 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
+def _matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters outside embedding tables (each is used in one multiply-add per token)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
 class Trainer:
     """Runs ``cfg.train`` on ``model`` for ``task``; checkpoints and metrics go to ``run_dir``."""
 
@@ -135,6 +141,10 @@ class Trainer:
         self.step_model = step_model
         self._first_bad = torch.tensor(-1, device=dist.device)
         self._norm_sum = torch.zeros((), dtype=torch.float64, device=dist.device)  # since the last log
+        # model FLOPs per token for MFU: 6 x the parameters outside embedding tables (the attention
+        # scores' own FLOPs are left out), for tasks that count tokens
+        self._peak = distributed.peak_tflops(dist.device, self.tcfg.peak_tflops)
+        self._flops_per_token = 6 * _matmul_parameters(model)
         self._local_rows = dist.world_size > 1 and getattr(task, "local_rows", False)
         self._perms: dict[int, np.ndarray] = {}
         # one background thread reads (and pins) the next micro-batch while the current step runs
@@ -294,6 +304,9 @@ class Trainer:
                 for unit in ("tokens", "images"):  # throughput in whatever the task counts
                     if unit in sums:
                         train_metrics[f"{unit}_per_s"] = sums[unit] / (now - t_log)
+                if self._peak and "tokens" in sums:  # model FLOPs utilisation of each device
+                    achieved = self._flops_per_token * train_metrics["tokens_per_s"] / self.dist.world_size
+                    train_metrics["mfu"] = achieved / (self._peak * 1e12)
                 window, t_log = {}, now
                 if sums.get("nonfinite"):
                     self._stop_if_diverged(bar, log)
