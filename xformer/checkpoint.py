@@ -197,6 +197,19 @@ def _prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def _complete(tmp: Path, final: Path, weights: bytes, cfg, train_state: dict) -> None:
+    """Write the weights, config and training state into ``tmp``, then the manifest, then rename it to ``final``."""
+    _write_bytes(tmp / "model.safetensors", weights)
+    save_config(cfg, tmp / "config.yaml")
+    state = io.BytesIO()
+    torch.save(train_state, state)
+    _write_bytes(tmp / "train_state.pt", state.getbuffer())
+    _write_manifest(tmp)  # last: a manifest vouches for files already complete
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg, train_state: dict,
                     keep_last: int) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, then drop all but the newest ``keep_last`` intact ones.
@@ -213,15 +226,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_bytes(tmp / "model.safetensors", _weights_bytes(model))
-        save_config(cfg, tmp / "config.yaml")
-        state = io.BytesIO()
-        torch.save(train_state, state)
-        _write_bytes(tmp / "train_state.pt", state.getbuffer())
-        _write_manifest(tmp)  # last: a manifest vouches for files already complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _complete(tmp, final, _weights_bytes(model), cfg, train_state)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise XformerError(f"could not write checkpoint {final}: {err.strerror or err}") from None
@@ -315,15 +320,7 @@ def save_sharded_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Modu
     if is_main:
         try:
             tensors = {names[0]: full[names[0]].detach().contiguous() for names in _aliases(model)}
-            _write_bytes(tmp / "model.safetensors", safetensors_bytes(tensors))
-            save_config(cfg, tmp / "config.yaml")
-            state = io.BytesIO()
-            torch.save(train_state, state)
-            _write_bytes(tmp / "train_state.pt", state.getbuffer())
-            _write_manifest(tmp)  # last: a manifest vouches for files already complete
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            _complete(tmp, final, safetensors_bytes(tensors), cfg, train_state)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             error = f"could not write checkpoint {final}: {err.strerror or err}"
