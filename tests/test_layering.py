@@ -15,7 +15,7 @@ LAYERS = [
     ["config"],
     ["layers", "distributed", "losses", "hub"],
     ["models"],
-    ["checkpoint", "interop"],
+    ["checkpoint", "sharded_checkpoint", "interop"],
     ["loading", "init"],
     ["data"],
     ["metrics", "finetune", "evaluate", "zeroshot"],
