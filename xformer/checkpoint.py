@@ -42,6 +42,7 @@ DCP_DIR = "dcp"  # a sharded checkpoint's model + optimizer state
 OPTIMIZER_IN_DCP = "dcp"  # train_state.pt's "optimizer" when the optimizer state is in dcp/
 
 _warned: set[tuple[Path, str]] = set()  # each damaged checkpoint is reported once per process
+_hashed: set[tuple[Path, int]] = set()  # (checkpoint, manifest mtime) whose hashes matched in this process
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -61,12 +62,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checkpoint(path: str | Path) -> str | None:
+def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
     """What is wrong with the checkpoint directory ``path``, or None when it is intact.
 
-    With a manifest, every file it lists must exist with the recorded size, then the recorded sha256.
-    Without one (checkpoints written before manifests), ``model.safetensors`` and ``config.yaml`` must
-    exist and, like ``train_state.pt`` where present, be non-empty.
+    With a manifest, every file it lists must exist with the recorded size, then (with ``hashes``) the
+    recorded sha256; a checkpoint whose hashes matched once in this process is not hashed again while its
+    manifest is unchanged. Without one (checkpoints written before manifests), ``model.safetensors`` and
+    ``config.yaml`` must exist and, like ``train_state.pt`` where present, be non-empty.
     """
     path = Path(path)
     if not path.is_dir():
@@ -85,7 +87,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         sizes = {name: int(entry["size"]) for name, entry in manifest.items()}
-        hashes = {name: str(entry["sha256"]) for name, entry in manifest.items()}
+        digests = {name: str(entry["sha256"]) for name, entry in manifest.items()}
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
         return f"{MANIFEST} is unreadable (expected file name -> size and sha256)"
     if unlisted := [name for name in FILES if name not in sizes]:
@@ -95,12 +97,16 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{name} is missing"
         if (actual := (path / name).stat().st_size) != size:
             return f"{name} has {actual} bytes, {MANIFEST} records {size} (truncated or overwritten)"
-    for name, digest in hashes.items():
+    seal = (path.resolve(), (path / MANIFEST).stat().st_mtime_ns)
+    if not hashes or seal in _hashed:
+        return None
+    for name, digest in digests.items():
         try:
             if _sha256(path / name) != digest:
                 return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
         except OSError as err:
             return f"{name} cannot be read: {err.strerror or err}"
+    _hashed.add(seal)
     return None
 
 
@@ -179,10 +185,11 @@ def _write_manifest(ckpt: Path) -> None:
 
 
 def _prune(run_dir: Path, keep_last: int) -> None:
-    """Keep the newest ``keep_last`` intact checkpoints; remove older ones and damaged ones."""
+    """Keep the newest ``keep_last`` intact checkpoints; remove older ones and damaged ones (missing or
+    truncated files: sizes only, so a save does not re-read every checkpoint it keeps)."""
     kept = 0
     for ckpt in reversed(list_checkpoints(run_dir)):
-        reason = verify_checkpoint(ckpt)
+        reason = verify_checkpoint(ckpt, hashes=False)
         if reason is None and kept < keep_last:
             kept += 1
             continue
@@ -228,17 +235,24 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
     return final
 
 
+def check_resumable(path: Path) -> Path:
+    """The training-state file of the checkpoint at ``path``, once the checkpoint is known intact and able
+    to resume training; XformerError saying why otherwise."""
+    if (reason := verify_checkpoint(path)) is not None:
+        raise XformerError(f"checkpoint {path} is damaged: {reason}")
+    state = path / "train_state.pt"
+    if not state.is_file():
+        raise XformerError(f"{state} is missing: checkpoint {path} holds weights only and cannot resume training")
+    return state
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
     """Load weights into ``model`` and return the training state (weights_only).
 
     Raises XformerError naming the checkpoint or file when it is damaged or cannot be read.
     """
     path = Path(path)
-    if (reason := verify_checkpoint(path)) is not None:
-        raise XformerError(f"checkpoint {path} is damaged: {reason}")
-    weights, state = path / "model.safetensors", path / "train_state.pt"
-    if not state.is_file():
-        raise XformerError(f"{state} is missing: checkpoint {path} holds weights only and cannot resume training")
+    state, weights = check_resumable(path), path / "model.safetensors"
     try:
         load_model(model, str(weights))
     except (SafetensorError, OSError) as err:

@@ -25,7 +25,7 @@ from xformer.checkpoint import (
     _complete,
     _prune,
     _read_train_state,
-    verify_checkpoint,
+    check_resumable,
 )
 from xformer.errors import XformerError
 
@@ -127,12 +127,7 @@ def load_sharded_checkpoint(path: str | Path, model: torch.nn.Module, optimizer:
     )
 
     path = Path(path)
-    if (reason := verify_checkpoint(path)) is not None:
-        raise XformerError(f"checkpoint {path} is damaged: {reason}")
-    weights, state_file = path / "model.safetensors", path / "train_state.pt"
-    if not state_file.is_file():
-        raise XformerError(f"{state_file} is missing: checkpoint {path} holds weights only and cannot resume training")
-    state = _read_train_state(state_file)
+    state, weights = _read_train_state(check_resumable(path)), path / "model.safetensors"
     try:
         if is_sharded(path):  # templates of this run's layout; DCP fills them with the matching pieces
             model_state, optim_state = get_state_dict(model, optimizer)

@@ -140,8 +140,9 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
         if dist.is_main:
             prepare_dir(run_dir)
         with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
-            resuming = resume and latest_checkpoint(run_dir) is not None
-            check_start(run_dir, cfg, resume, latest_checkpoint(run_dir) is not None)
+            has_checkpoint = latest_checkpoint(run_dir) is not None
+            resuming = resume and has_checkpoint
+            check_start(run_dir, cfg, resume, has_checkpoint)
             if resume and not resuming and dist.is_main:
                 print(f"warning: --resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
             if dist.is_main:
