@@ -115,7 +115,7 @@ def test_unconfigured_encoder_resolves_on_first_forward_once(monkeypatch):
         enc(torch.randn(2, 4, 32))
     enc(torch.randn(2, 4, 32))
     assert enc.backend == "sdpa"
-    assert calls == [("auto", torch.device("cpu"), torch.bfloat16)]
+    assert calls == [("auto", torch.device("cpu"), torch.bfloat16, 0.0)]
 
 
 @pytest.mark.skipif(flash_unavailable_reason() is not None, reason=str(flash_unavailable_reason()))

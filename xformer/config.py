@@ -45,14 +45,31 @@ class EncoderConfig(Section):
     norm_first: bool = False  # False: post-LN (original BERT); True: pre-LN (ViT, CLIP)
     norm_eps: float = 1e-12
     qkv_bias: bool = True
-    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
-    attn_backend: Literal["auto", "math", "sdpa", "flash"] = "auto"
+    bias: bool = Field(True, description="biases in the blocks' linears and LayerNorms; False: none (ModernBERT)")
+    act: Literal["gelu", "gelu_tanh", "quick_gelu", "silu"] = "gelu"
+    glu: bool = Field(False, description="gated MLP act(x W) * (x V): GeGLU with act gelu, SwiGLU with silu")
+    position: Literal["absolute", "rotary"] = Field(
+        "absolute", description="absolute: a learned position table; rotary: rotary embeddings in attention")
+    rope_theta: float = Field(10000.0, gt=0, description="rotary base of the global-attention blocks")
+    local_window: int | None = Field(
+        None, gt=1, description="local blocks attend within local_window // 2 positions either side; None: all global")
+    global_every: int = Field(3, gt=0, description="with local_window: every global_every-th block (from the first) is global")
+    local_rope_theta: float | None = Field(None, gt=0, description="rotary base of local blocks; None: rope_theta")
+    final_norm: bool | None = Field(None, description="a LayerNorm after the last block; None: with pre-LN only")
+    first_block_norm: bool = Field(
+        True, description="False: the first pre-LN block takes its input unnormalised (the embeddings are normalised)")
+    attn_backend: Literal["auto", "math", "sdpa", "flash", "varlen"] = "auto"
 
     runtime_keys: ClassVar[frozenset[str]] = frozenset({"dropout", "attn_dropout", "attn_backend"})
 
     @property
     def mlp_dim(self) -> int:
+        """The hidden width of the MLP (of each half of a gated MLP's first projection)."""
         return round(self.dim * self.mlp_ratio)
+
+    def is_global(self, index: int) -> bool:
+        """Whether block ``index`` attends to the whole sequence (not only its local window)."""
+        return self.local_window is None or index % self.global_every == 0
 
 
 class BertConfig(EncoderConfig):
@@ -60,8 +77,9 @@ class BertConfig(EncoderConfig):
 
     arch: Literal["bert"] = "bert"
     vocab_size: int | None = Field(None, gt=0, description="None: taken from the tokenizer")
-    max_position: int = Field(512, gt=0)
-    type_vocab_size: int = Field(2, gt=0)
+    max_position: int = Field(512, gt=0, description="the longest sequence (the position table's size if absolute)")
+    type_vocab_size: int = Field(2, ge=0, description="0: no segment embeddings")
+    embed_norm: bool | None = Field(None, description="a LayerNorm on the embeddings; None: with post-LN only")
     pad_token_id: int = 0
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
@@ -99,6 +117,12 @@ class ViTConfig(EncoderConfig):
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
 
     runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool"}
+
+    @model_validator(mode="after")
+    def _learned_patch_positions(self):
+        if self.position != "absolute":
+            raise ValueError(f"model.position={self.position} is for token encoders; a ViT keeps learned patch positions")
+        return self
 
 
 class CNNConfig(Section):
@@ -338,19 +362,30 @@ class WandbConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, logging and checkpointing: shared by every model."""
 
-    max_steps: int = Field(1000, gt=0, description="ignored when epochs is set")
+    max_steps: int = Field(1000, gt=0, description="ignored when epochs is set or budget is time")
     epochs: float | None = Field(None, gt=0, description="train for this many passes over the data")
-    max_minutes: float | None = Field(None, gt=0, description="stop early after this wall time")
+    max_minutes: float | None = Field(None, gt=0, description="budget steps: stop early after this wall time; "
+                                      "budget time: the budget itself")
+    budget: Literal["steps", "time"] = Field(
+        "steps", description="what the schedule (LR, warmup, batch_ramp) runs over: max_steps / epochs (steps), "
+        "or the wall time since training began over max_minutes (time; max_steps and epochs are then ignored "
+        "and training ends when the time is spent)")
     batch_size: int = Field(32, gt=0, description="per process, per micro-step")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (at the end of batch_ramp)")
+    batch_ramp: float = Field(0.0, ge=0, lt=1, description="share of the budget over which the micro-batches per "
+                              "step grow linearly from 1 to grad_accum (0: off)")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0, description="budget steps only; or warmup_ratio")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="warmup over this share of the budget; "
+                                       "None: warmup_steps, or 0.5 for triangle")
+    schedule: Literal["linear", "cosine", "constant", "triangle"] = Field(
+        "linear", description="after warmup: linear or cosine decay to min_lr_ratio, or constant; triangle: "
+        "linear warmup then linear decay (one-cycle, as Cramming), with its peak mid-budget by default")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     clip_grad: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -371,6 +406,17 @@ class TrainConfig(Section):
     keep_last: int = Field(2, gt=0)
     progress: bool = True
     wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _budget_is_complete(self):
+        if self.warmup_steps and self.warmup_ratio is not None:
+            raise ValueError("train.warmup_steps and train.warmup_ratio are both set: set one")
+        if self.budget == "time" and self.max_minutes is None:
+            raise ValueError("train.budget=time needs train.max_minutes, the budget")
+        if self.budget == "time" and self.warmup_steps:
+            raise ValueError("train.budget=time: warmup is a share of the time, set train.warmup_ratio "
+                             "instead of train.warmup_steps")
+        return self
 
 
 class SweepConfig(Section):

@@ -39,7 +39,8 @@ def init_weights(module: nn.Module, std: float) -> None:
             module.weight.data[module.padding_idx].zero_()
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class BertModel(nn.Module):
@@ -51,18 +52,22 @@ class BertModel(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("BertConfig.vocab_size must be set (it is taken from the tokenizer)")
         self.config = cfg
+        embed_norm = not cfg.norm_first if cfg.embed_norm is None else cfg.embed_norm
         self.embeddings = TokenEmbeddings(
             cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
-            dropout=cfg.dropout, norm_eps=None if cfg.norm_first else cfg.norm_eps,
+            dropout=cfg.dropout, norm_eps=cfg.norm_eps if embed_norm else None,
+            absolute=cfg.position == "absolute", norm_bias=cfg.bias,
         )
         self.encoder = Encoder(cfg)
         self.pooler = nn.Linear(cfg.dim, cfg.dim) if cfg.nsp else None
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> BertOutput:
+                token_type_ids: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> BertOutput:
+        """input_ids, attention_mask, token_type_ids: (B, T); segments: (B, T) the document of each token
+        when documents packed in a row must not see each other (see :class:`Encoder`)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
-        x = self.encoder(x, attention_mask)
+        x = self.encoder(x, attention_mask, segments=segments)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -72,9 +77,9 @@ class MLMHead(nn.Module):
 
     def __init__(self, cfg: BertConfig, word_embeddings: nn.Embedding):
         super().__init__()
-        self.dense = nn.Linear(cfg.dim, cfg.dim)
+        self.dense = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.act]
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=cfg.bias)
         self.decoder = nn.Linear(cfg.dim, cfg.vocab_size)
         self.decoder.weight = word_embeddings.weight
 
@@ -104,9 +109,9 @@ class BertForPreTraining(nn.Module):
         nn.init.zeros_(self.mlm.decoder.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> BertPreTrainingOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids)
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> BertPreTrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, segments)
         hidden = out.last_hidden_state
         if labels is not None:
             hidden = hidden[labels != -100]  # (B, T, D) -> (M, D)
