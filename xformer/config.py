@@ -67,6 +67,12 @@ class EncoderConfig(Section):
         """The hidden width of the MLP (of each half of a gated MLP's first projection)."""
         return round(self.dim * self.mlp_ratio)
 
+    @model_validator(mode="after")
+    def _options_fit(self):
+        if not self.first_block_norm and not self.norm_first:
+            raise ValueError("model.first_block_norm=false applies to pre-LN blocks: set model.norm_first=true")
+        return self
+
     def is_global(self, index: int) -> bool:
         """Whether block ``index`` attends to the whole sequence (not only its local window)."""
         return self.local_window is None or index % self.global_every == 0
