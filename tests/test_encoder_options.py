@@ -150,3 +150,33 @@ def test_options_that_do_not_fit_are_refused():
         EncoderConfig(first_block_norm=False, norm_first=False)
     with pytest.raises(ValueError, match="a ViT keeps learned patch positions"):
         ViTConfig(position="rotary")
+
+
+MODERN_RECIPE = ["model.position=rotary", "model.glu=true", "model.bias=false", "model.norm_first=true",
+                 "model.embed_norm=true", "model.first_block_norm=false", "model.type_vocab_size=0",
+                 "model.dropout=0", "model.attn_dropout=0", "model.local_window=16", "model.depth=3",
+                 "data.objective=mlm", "data.document_mask=true", "data.mlm_prob=0.3", "data.num_workers=1"]
+
+
+def test_packed_mlm_only_training_of_a_modern_encoder_learns(tiny_config):
+    from xformer.metrics import read_metrics
+    from xformer.tasks import run
+
+    cfg = tiny_config(*MODERN_RECIPE, "train.max_steps=40", "train.lr=3e-3")
+    run(cfg)
+    losses = [r["loss"] for r in read_metrics(f"{cfg.out_dir}/metrics.jsonl") if r.get("split") == "train"]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+
+
+def test_document_numbers_follow_the_separators_of_packed_rows():
+    from xformer.tasks.bert_pretraining import BertPretrainingTask
+
+    ids = torch.tensor([[2, 7, 8, 3, 9, 3, 5, 6]])  # [CLS]=2 a b [SEP]=3 c [SEP] d e
+    task = BertPretrainingTask(None, None, lambda ids, mask, gen, rows: (ids, torch.full_like(ids, -100)), sep_id=3)
+    out = task.prepare({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.Generator(), train=True)
+    assert out["segments"].tolist() == [[0, 0, 0, 0, 1, 1, 2, 2]]
+
+
+def test_document_mask_needs_packed_rows(tiny_config):
+    with pytest.raises(XformerError, match="data.document_mask applies to packed rows"):
+        tiny_config("data.document_mask=true")
