@@ -123,6 +123,21 @@ def test_config_to_hf_rejects_pre_ln():
         config_to_hf(BertConfig(vocab_size=99, norm_first=True))
 
 
+@pytest.mark.parametrize("change, key", [
+    ({"position": "rotary"}, "model.position"),
+    ({"glu": True}, "model.glu"),
+    ({"bias": False}, "model.bias"),
+    ({"local_window": 8}, "model.local_window"),
+    ({"final_norm": True}, "model.final_norm"),
+    ({"embed_norm": False}, "model.embed_norm"),
+    ({"norm_first": True, "first_block_norm": False}, "model.first_block_norm"),
+])
+def test_config_to_hf_refuses_modern_options(change, key):
+    with pytest.raises(XformerError, match=key) as err:
+        config_to_hf(BertConfig(vocab_size=99, **change))
+    assert "\n" not in str(err.value) and "export_modernbert" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- export
 
 

@@ -1,4 +1,5 @@
-"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face BERT, ViT and CLIP models.
+"""``xformer.load``: one entry point for trained runs, checkpoints and Hugging Face models (BERT, ModernBERT,
+ViT, CLIP).
 
 HF conversion (and the transformers import it needs) happens only for HF inputs.
 """
@@ -18,8 +19,8 @@ from xformer.errors import XformerError
 from xformer.models import build_model
 
 EXPECTED = ("expected an xformer run directory (config.yaml + checkpoints/), a checkpoint directory "
-            "(model.safetensors + config.yaml), an HF BERT, ViT, CLIP or sentence-transformers directory, "
-            "or hf:<dir or hub id>")
+            "(model.safetensors + config.yaml), an HF BERT, ModernBERT, ViT, CLIP or sentence-transformers "
+            "directory, or hf:<dir or hub id>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -61,11 +62,12 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
 
 
 def _load_hf(source: str, attn_backend: str) -> nn.Module:
-    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, ViT, else BERT."""
+    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, ViT, ModernBERT, else BERT."""
     from xformer.hub import fetch_from_hub
+    from xformer.interop.hf_bert import transformer_dir
 
     folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
-    config_file = folder / "config.json"
+    config_file = (transformer_dir(folder) if folder.is_dir() else folder) / "config.json"
     try:
         model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
     except (json.JSONDecodeError, AttributeError):
@@ -78,6 +80,10 @@ def _load_hf(source: str, attn_backend: str) -> nn.Module:
         from xformer.interop.hf_vit import load_hf_vit
 
         return load_hf_vit(str(folder), attn_backend=attn_backend)
+    if model_type == "modernbert":
+        from xformer.interop.hf_modernbert import load_hf_modernbert
+
+        return load_hf_modernbert(str(folder), attn_backend=attn_backend)
     from xformer.interop.hf_bert import load_hf_bert
 
     return load_hf_bert(str(folder), attn_backend=attn_backend)
@@ -109,7 +115,7 @@ def load_config(path: str | Path) -> Section:
         hf_config = transformers.AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise XformerError(f"{folder}: not an HF model config ({str(err).strip().splitlines()[0][:160]})") from None
-    family = {"clip": "hf_clip", "vit": "hf_vit"}.get(hf_config.model_type, "hf_bert")
+    family = {"clip": "hf_clip", "vit": "hf_vit", "modernbert": "hf_modernbert"}.get(hf_config.model_type, "hf_bert")
     return importlib.import_module(f"xformer.interop.{family}").config_from_hf(hf_config)
 
 
@@ -125,8 +131,9 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
     - an xformer checkpoint directory (``model.safetensors`` + ``config.yaml``);
     - an HF BERT directory or sentence-transformers folder, or ``hf:<dir or hub id>``: see
       :func:`xformer.interop.load_hf_bert` (``BertForPreTraining`` with heads, else ``BertModel``);
-      an HF ViT (``model_type`` "vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its classifier,
-      else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
+      an HF ModernBERT (``model_type`` "modernbert"): :func:`xformer.interop.hf_modernbert.load_hf_modernbert`
+      (the same classes, MLM only); an HF ViT ("vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its
+      classifier, else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
     Anything else raises XformerError naming the path.
     """

@@ -12,9 +12,18 @@ from safetensors.torch import load_file, save_file
 
 from xformer.errors import XformerError
 
-# HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation.
-ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
-ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+# HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation, swish is silu.
+ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
+               "silu": "silu", "swish": "silu"}
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "silu": "silu"}
+
+# The modern encoder options (rotary positions, gated MLPs, no biases, local attention, ModernBERT's
+# norms) at the values the classic HF families (BERT, ViT, CLIP) have: key -> the values allowed.
+CLASSIC_OPTIONS: dict[str, tuple] = {
+    "position": ("absolute",), "glu": (False,), "bias": (True,), "local_window": (None,), "first_block_norm": (True,),
+}
+# A pre-LN classic encoder (ViT, both CLIP towers) ends with a LayerNorm (final_norm None means so).
+PRE_LN_OPTIONS: dict[str, tuple] = {**CLASSIC_OPTIONS, "final_norm": (None, True)}
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -27,6 +36,17 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
                 return load_file(path)
             return torch.load(path, map_location="cpu", weights_only=True)
     raise XformerError(f"{model_dir}: no weights found; expected {' or '.join(WEIGHT_FILES)}")
+
+
+def refuse_options(sections: dict[str, object], allowed: dict[str, tuple], family: str, hint: str = "") -> None:
+    """Raise XformerError naming the first option HF ``family`` cannot express: ``sections`` maps a key
+    prefix (``"model"``, ``"model.text"``) to a config section, ``allowed`` each key to the values the
+    family has (keys a section lacks are skipped); ``hint`` ends the message (e.g. what to use instead)."""
+    for prefix, section in sections.items():
+        for key, values in allowed.items():
+            if key in type(section).model_fields and getattr(section, key) not in values:
+                raise XformerError(f"HF {family} cannot express {prefix}.{key}={getattr(section, key)!r} "
+                                   f"(it has {values[-1]!r}){hint}")
 
 
 def encoder_fields_from_hf(hf_config, family: str) -> dict:

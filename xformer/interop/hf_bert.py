@@ -20,11 +20,13 @@ from xformer.config import BertConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
+    CLASSIC_OPTIONS,
     encoder_fields_from_hf,
     encoder_fields_to_hf,
     fuse_qkv,
     param_pairs,
     read_weights,
+    refuse_options,
     write_hf_dir,
 )
 from xformer.models.bert import BertForPreTraining, BertModel
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 _TIED_HF_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 # Non-persistent buffers that some older checkpoints saved.
 _HF_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+# The modern options at BERT's values: post-LN BERT has an embedding norm and no final norm.
+_BERT_OPTIONS = {**CLASSIC_OPTIONS, "final_norm": (None, False), "embed_norm": (None, True)}
+_MODERNBERT_HINT = "; a ModernBERT-style model exports with xformer.interop.hf_modernbert.export_modernbert"
 
 
 
@@ -66,10 +71,13 @@ def config_to_hf(cfg: BertConfig) -> transformers.BertConfig:
     """The HF ``BertConfig`` (architecture ``BertForPreTraining``, or ``BertForMaskedLM`` for an MLM-only
     model without the next-sentence head) for our config.
 
-    Raises XformerError for pre-LN models (HF BERT is post-LN only) and an unset vocabulary size.
+    Raises XformerError for the modern options BERT lacks (rotary positions, gated MLPs, no biases,
+    local attention, ModernBERT's norms: see :mod:`xformer.interop.hf_modernbert`), pre-LN models (HF
+    BERT is post-LN only) and an unset vocabulary size.
     """
+    refuse_options({"model": cfg}, _BERT_OPTIONS, "BERT", _MODERNBERT_HINT)
     if cfg.norm_first:
-        raise XformerError("a pre-LN BERT (model.norm_first=true) has no HF transformers equivalent")
+        raise XformerError("a pre-LN BERT (model.norm_first=true) has no HF transformers equivalent" + _MODERNBERT_HINT)
     if cfg.vocab_size is None:
         raise XformerError("model.vocab_size must be set to convert the config to HF")
     return transformers.BertConfig(

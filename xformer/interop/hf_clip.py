@@ -26,11 +26,13 @@ from xformer.config import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
+    PRE_LN_OPTIONS,
     encoder_fields_from_hf,
     encoder_fields_to_hf,
     fuse_qkv,
     param_pairs,
     read_weights,
+    refuse_options,
     write_hf_dir,
 )
 from xformer.models.clip import CLIPModel
@@ -108,6 +110,7 @@ def config_to_hf(cfg: ClipConfig, eos_token_id: int) -> transformers.CLIPConfig:
     segment-embedding text tower, an unset vocabulary, or an end-of-text id HF would misread.
     """
     vision, text = cfg.vision, cfg.text
+    refuse_options({"model.vision": vision, "model.text": text}, PRE_LN_OPTIONS, "CLIPModel")
     problems = [
         (not vision.norm_first or not text.norm_first, "a post-LN tower (norm_first=false)"),
         (vision.pool != "cls", f"model.vision.pool={vision.pool!r} (HF pools the [CLS] token)"),

@@ -20,11 +20,13 @@ from xformer.config import ViTConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
+    PRE_LN_OPTIONS,
     encoder_fields_from_hf,
     encoder_fields_to_hf,
     fuse_qkv,
     param_pairs,
     read_weights,
+    refuse_options,
     write_hf_dir,
 )
 from xformer.models.vit import ViTForImageClassification, ViTModel
@@ -83,6 +85,7 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transf
     """
     if not cfg.norm_first:
         raise XformerError("a post-LN ViT (model.norm_first=false) has no HF transformers equivalent")
+    refuse_options({"model": cfg}, PRE_LN_OPTIONS, "ViT")
     if cfg.pool != "cls":
         raise XformerError(f"HF ViTForImageClassification classifies the [CLS] token; model.pool={cfg.pool!r} "
                            "cannot be exported")

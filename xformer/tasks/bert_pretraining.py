@@ -84,10 +84,15 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
+    """Export as HF ModernBERT when the model is ModernBERT-shaped (rotary positions), else as HF BERT."""
     from xformer.interop.hf_bert import export_bert
+    from xformer.interop.hf_modernbert import export_modernbert, is_modernbert
     from xformer.loading import load, load_tokenizer
 
     model = load(run_dir)
+    if is_modernbert(model.config):
+        export_modernbert(model, out_dir, tokenizer=load_tokenizer(run_dir))
+        return "transformers.ModernBertForMaskedLM"
     export_bert(model, out_dir, tokenizer=load_tokenizer(run_dir))
     return "transformers.BertForPreTraining" if model.config.nsp else "transformers.BertForMaskedLM"
 
