@@ -17,6 +17,7 @@ from xformer.data.augment import (
     rand_augment,
     random_crop,
     random_hflip,
+    random_resized_crop,
     soft_targets,
     trivial_augment,
 )
@@ -142,6 +143,52 @@ def test_mixing_off_or_never_drawn_leaves_the_batch():
     x, targets = images().float(), torch.eye(16)
     assert mixup_cutmix(x, targets, gen(0), 0.0, 0.0)[0] is x
     assert mixup_cutmix(x, targets, gen(0), 0.8, 1.0, prob=0.0)[1] is targets
+
+
+ROW_OPS = {  # each with rows=(offset, total): this batch's place in a micro-batch
+    "random_crop": lambda x, g, rows: random_crop(x, 4, g, rows),
+    "random_hflip": random_hflip,
+    "random_resized_crop": lambda x, g, rows: random_resized_crop(x.float() / 255, 12, (0.3, 1.0), g, rows=rows),
+    "trivial_augment": lambda x, g, rows: trivial_augment(x, g, rows=rows),
+    "rand_augment": lambda x, g, rows: rand_augment(x, g, num_ops=2, magnitude=9, rows=rows),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_OPS))
+def test_a_block_of_rows_is_augmented_as_in_the_whole_micro_batch(name):
+    x, op = images(size=16), ROW_OPS[name]
+    whole = op(x, gen(0), None)
+    for offset in (0, 8):
+        assert torch.equal(op(x[offset:offset + 8], gen(0), (offset, 16)), whole[offset:offset + 8])
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0)])
+def test_mixing_pairs_neighbours_so_even_blocks_of_rows_mix_as_the_whole_micro_batch(mixup, cutmix):
+    x, targets = images().float(), torch.eye(16)
+    whole, whole_targets = mixup_cutmix(x, targets, gen(0), mixup, cutmix)
+    lam = float(whole_targets[0, 0])
+    assert 0 < lam < 1 and whole_targets[0, 1] == pytest.approx(1 - lam)  # row 0 took from row 1
+    assert whole_targets[1, 0] == pytest.approx(1 - lam) and whole_targets[1, 1] == pytest.approx(lam)
+    for offset, n in ((0, 8), (8, 8), (6, 4)):
+        rows = slice(offset, offset + n)
+        part, part_targets = mixup_cutmix(x[rows], targets[rows], gen(0), mixup, cutmix, rows=(offset, 16))
+        assert torch.equal(part, whole[rows]) and torch.equal(part_targets, whole_targets[rows])
+    # an odd block: row 3's neighbour (row 2) is on another process, so row 3 stays as it is
+    part, part_targets = mixup_cutmix(x[3:8], targets[3:8], gen(0), mixup, cutmix, rows=(3, 16))
+    assert torch.equal(part[0], x[3]) and torch.allclose(part_targets[0], targets[3])
+    assert torch.equal(part[1:], whole[4:8]) and torch.equal(part_targets[1:], whole_targets[4:8])
+
+
+@pytest.mark.parametrize("policy", ["trivial", "randaugment"])
+def test_augmenter_on_a_block_of_rows_matches_the_whole_micro_batch(policy):
+    cfg = AugmentConfig(policy=policy, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    aug = Augmenter(cfg, MEAN, STD, num_classes=5, image_size=24)
+    x, labels = images(batch=16, size=16), torch.arange(16) % 5
+    for seed in range(3):  # mixup and cutmix both drawn
+        pixels, targets = aug.train(x, labels, gen(seed))
+        for offset in (0, 8):
+            part = aug.train(x[offset:offset + 8], labels[offset:offset + 8], gen(seed), rows=(offset, 16))
+            assert torch.equal(part[0], pixels[offset:offset + 8]) and torch.equal(part[1], targets[offset:offset + 8])
 
 
 def test_normalize_matches_manual_computation():

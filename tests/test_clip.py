@@ -107,6 +107,34 @@ def test_two_processes_match_one_with_the_whole_batch(tmp_path):
         torch.testing.assert_close(ddp["grads"][name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_a_zero_dim_logit_scale_of_an_older_checkpoint_loads():
+    model = tiny_clip()
+    state = model.state_dict()
+    assert state["logit_scale"].shape == (1,)  # FSDP shards along a dimension
+    state["logit_scale"] = torch.tensor(2.5)
+    fresh = tiny_clip()
+    fresh.load_state_dict(state)
+    assert fresh.logit_scale.shape == (1,) and fresh.logit_scale.item() == 2.5
+
+
+def test_a_block_of_rows_is_prepared_as_in_the_whole_micro_batch():
+    from xformer.tasks.contrastive import ContrastiveTask
+
+    cfg = load_recipe(None, ["task=contrastive", "model.vision.image_size=12", "augment.hflip=true"])
+    task = ContrastiveTask(cfg, None, None, None)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 4, (16,), generator=g)  # (B,) captions per image, of K=3
+    lengths = torch.where(torch.arange(3) < counts[:, None], torch.randint(2, 7, (16, 3), generator=g), 0)
+    batch = {"pixel_values": torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g),
+             "input_ids": torch.randint(5, 50, (16, 3, 8), generator=g), "lengths": lengths, "counts": counts}
+    whole = task.prepare(batch, torch.Generator().manual_seed(1), train=True)
+    for offset in (0, 8):
+        part = task.prepare({n: t[offset:offset + 8] for n, t in batch.items()}, torch.Generator().manual_seed(1),
+                            train=True, rows=(offset, 16))
+        for name in whole:
+            assert torch.equal(part[name], whole[name][offset:offset + 8]), name
+
+
 # ----------------------------------------------------------------------------- zero-shot and retrieval
 
 

@@ -1,5 +1,6 @@
-"""FSDP (train.parallel=fsdp) on CPU with gloo: 2 sharded processes train like 1 with the whole batch, and
-their sharded (DCP) checkpoints resume on another number of processes and load and export as one file."""
+"""FSDP (train.parallel=fsdp) on CPU with gloo: 2 sharded processes train like 1 with the whole batch (BERT,
+ViT, CLIP), and their sharded (DCP) checkpoints resume on another number of processes and load and export as
+one file. Also 2 DDP processes of augmented image classification, each augmenting only its own rows."""
 
 import os
 
@@ -124,10 +125,51 @@ def test_sharded_checkpoint_resumes_on_one_process_and_a_full_one_on_two(tiny_co
     close(train_losses(straight), train_losses(tmp_path / "up"), range(1, 7))
 
 
-def test_a_model_with_scalar_parameters_is_refused_before_any_process_group():
-    from tests.test_clip import tiny_clip
-    from xformer.distributed import DistInfo, shard_model
-    from xformer.errors import XformerError
+def test_vit_two_processes_augmenting_their_own_rows_match_one(image_parquet, tmp_path):
+    from xformer.tasks.image_classification import ImageClassificationTask
 
-    with pytest.raises(XformerError, match="logit_scale.*train.parallel=ddp"):
-        shard_model(tiny_clip(), [], DistInfo(rank=0, world_size=2, device=torch.device("cpu")), False, True)
+    assert ImageClassificationTask.local_rows  # each process reads and augments only its rows
+    # crop, flip, TrivialAugment, label smoothing, and mixup or cutmix (one of the two each step)
+    augment = ["augment.crop_padding=2", "augment.hflip=true", "augment.policy=trivial", "augment.mixup_alpha=0.8",
+               "augment.cutmix_alpha=1.0", "augment.label_smoothing=0.1"]
+    common = [*VIT, *augment, "train.max_steps=5", "train.eval_every=5", "train.save_every=5", "data.val_size=32"]
+    train(image_config(image_parquet, tmp_path, *common, "train.batch_size=16", f"out_dir={tmp_path / 'one'}"))
+    run_two(image_config(image_parquet, tmp_path, *common, "train.batch_size=8", f"out_dir={tmp_path / 'two'}"))
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 5
+    close(dict(enumerate(one)), dict(enumerate(two)), range(5))
+
+
+def test_clip_two_sharded_processes_match_one_and_evaluate(tmp_path):
+    import json
+
+    from tests.test_clip import write_labelled, write_pairs
+    from xformer.recipe import load_recipe
+
+    args = [
+        f"data.source={write_pairs(tmp_path / 'pairs.parquet', 48)}",
+        f"data.val_source={write_pairs(tmp_path / 'dev.parquet', 16, seed=1)}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer.vocab_size=200", "data.max_text_len=12",
+        "model.vision={image_size: 16, patch_size: 8, dim: 32, depth: 2, num_heads: 2, dropout: 0}",
+        "model.text={dim: 32, depth: 2, num_heads: 2, max_position: 12, dropout: 0, attn_dropout: 0}",
+        "model.embed_dim=16", "augment.hflip=true",
+        f"eval.source={write_labelled(tmp_path / 'colours.parquet', 16)}", "eval.templates=['a {c} square']",
+        "train.epochs=null", "train.max_steps=4", "train.lr=2e-3", "train.warmup_steps=2", "train.log_every=1",
+        "train.eval_every=4", "train.save_every=4", "train.progress=false", "train.device=cpu",
+    ]
+    train(load_recipe("recipes/clip_small.yaml", [*args, "train.batch_size=16", f"out_dir={tmp_path / 'one'}"]))
+    run_two(load_recipe("recipes/clip_small.yaml", [*args, "train.batch_size=8", "train.parallel=fsdp",
+                                                    f"out_dir={tmp_path / 'two'}"]))
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    close(one, two, one)
+    # zero-shot and retrieval ran encode_image / encode_text on the sharded model, as FSDP forward methods
+    val_one, val_two = (json.loads((tmp_path / r / "eval_final.json").read_text()) for r in ("one", "two"))
+    assert {"zs_top1", "t2i_R@1"} <= set(val_two)
+    close(val_one, val_two, val_one)
+    from xformer.loading import load
+
+    assert (latest_checkpoint(tmp_path / "two") / "dcp").is_dir()
+    sharded, plain = load(tmp_path / "two").state_dict(), load(tmp_path / "one").state_dict()
+    for name in plain:
+        assert torch.allclose(sharded[name], plain[name], atol=1e-5), name

@@ -75,6 +75,7 @@ def test_logits_match_hf(tmp_path, backend, eos):
     assert ours.config.vision.attn_backend == ours.config.text.attn_backend == backend
     assert ours.config.text.mlp_dim == 37 and ours.config.vision.mlp_dim == 64
     assert ours.config.vision.act == ours.config.text.act == "quick_gelu"
+    assert hf.logit_scale.shape == () and ours.logit_scale.shape == (1,)  # ours (1,), for FSDP
     assert_same_outputs(ours, hf, batch(eos=VOCAB - 1))
 
 
@@ -133,7 +134,7 @@ def test_export_clamps_logit_scale_and_saves_tokenizer(tmp_path):
 
     hf = transformers.CLIPModel.from_pretrained(out).eval()
     assert hf.config.text_config.eos_token_id == tok.sep_token_id == 3
-    assert hf.logit_scale.item() == pytest.approx(math.log(100))
+    assert hf.logit_scale.shape == () and hf.logit_scale.item() == pytest.approx(math.log(100))
     assert_same_outputs(ours, hf, batch(eos=3))
     assert transformers.AutoTokenizer.from_pretrained(out)("a b")["input_ids"] == [2, 5, 6, 3]
 

@@ -158,13 +158,11 @@ def shard_model(model: torch.nn.Module, blocks: list[torch.nn.Module], info: Dis
     """FSDP2 (``fully_shard``) over all processes: each of ``blocks`` is its own unit (gathered for its
     forward and backward only), then the root holds the rest (embeddings, heads). Parameters become
     DTensors in place, so the optimizer must be built afterwards. Under bf16, parameters are gathered in
-    bf16 and gradients reduced in fp32."""
+    bf16 and gradients reduced in fp32. The model's ``forward_methods`` (e.g. CLIP's ``encode_image``),
+    which run it outside ``forward``, gather the root's parameters as ``forward`` does."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    if scalars := [name for name, p in model.named_parameters() if p.ndim == 0]:
-        raise XformerError(f"train.parallel=fsdp: FSDP cannot shard 0-d parameters (this model's {scalars[0]}); "
-                           f"use train.parallel=ddp for it")
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
@@ -175,6 +173,8 @@ def shard_model(model: torch.nn.Module, blocks: list[torch.nn.Module], info: Dis
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    for method in getattr(model, "forward_methods", ()):
+        register_fsdp_forward_method(model, method)
 
 
 def unshard_model(model: torch.nn.Module) -> None:

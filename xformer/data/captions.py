@@ -57,8 +57,15 @@ class CaptionDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """``pixel_values`` (B, C, H, W) uint8, ``input_ids`` (B, K, L), ``lengths`` (B, K), ``counts`` (B,)."""
+    def seq_len(self, indices: np.ndarray) -> int:
+        """The caption length of every batch: L (captions are padded once, when tokenized)."""
+        return self.input_ids.size(-1)
+
+    def batch(self, indices: np.ndarray, seq_len: int | None = None) -> dict[str, torch.Tensor]:
+        """``pixel_values`` (B, C, H, W) uint8, ``input_ids`` (B, K, L), ``lengths`` (B, K), ``counts`` (B,);
+        ``seq_len``, the length shared with a larger batch, can only be L."""
+        if seq_len not in (None, self.seq_len(indices)):
+            raise ValueError(f"captions are {self.seq_len(indices)} tokens long, not {seq_len}")
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         return {"pixel_values": self.images[idx], "input_ids": self.input_ids[idx],
                 "lengths": self.lengths[idx], "counts": self.counts[idx]}

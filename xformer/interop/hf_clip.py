@@ -204,6 +204,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ClipConfig) -> di
         raise XformerError(f"not a CLIP checkpoint for this config: it lacks {', '.join(missing[:3])}{more}")
     for key in ("vision.embeddings.cls_token", "vision.embeddings.position"):
         out[key] = out[key].reshape(1, -1, cfg.vision.dim)
+    out["logit_scale"] = out["logit_scale"].reshape(1)  # HF's is 0-d; ours (1,), for FSDP
 
     ignored = sorted(set(hf_state) - used)
     if ignored:
@@ -216,7 +217,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ClipConfig) -> dict[st
     ``transformers.CLIPModel``. ``logit_scale`` is clamped at ``cfg.logit_scale_max`` (HF does not clamp);
     without ``qkv_bias`` the query/key/value biases are zeros (the same function)."""
     out = {hf: state[ours] for ours, hf in _keys(cfg)}
-    out["logit_scale"] = out["logit_scale"].clamp(max=cfg.logit_scale_max)
+    out["logit_scale"] = out["logit_scale"].clamp(max=cfg.logit_scale_max).reshape(())  # HF's is 0-d
     out[_CLS] = out[_CLS].reshape(-1)
     out[_POSITIONS] = out[_POSITIONS].reshape(-1, cfg.vision.dim)
     for tower in ("vision", "text"):

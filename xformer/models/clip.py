@@ -20,7 +20,7 @@ from xformer.models.vit import ViTModel
 class ClipOutput:
     image_embeds: torch.Tensor  # (B_img, E), unit length
     text_embeds: torch.Tensor  # (B_txt, E), unit length
-    logit_scale: torch.Tensor  # () the clamped inverse temperature, exp(log scale)
+    logit_scale: torch.Tensor  # (1,) the clamped inverse temperature, exp(log scale)
     logits_per_image: torch.Tensor  # (B_img, B_txt) = scale * image_embeds @ text_embeds.T
     logits_per_text: torch.Tensor  # (B_txt, B_img)
 
@@ -59,7 +59,15 @@ class TextTransformer(nn.Module):
 class CLIPModel(nn.Module):
     """Image tower (``vision``: :class:`ViTModel`, its [CLS] / mean-pooled token), text tower (``text``),
     bias-free projections into ``embed_dim``, and ``logit_scale`` (log inverse temperature, initialised to
-    ``cfg.logit_scale_init`` and clamped at ``cfg.logit_scale_max`` in the forward pass)."""
+    ``cfg.logit_scale_init`` and clamped at ``cfg.logit_scale_max`` in the forward pass).
+
+    ``logit_scale`` is a (1,) tensor, not 0-d as in HF's CLIP and in checkpoints written before, because
+    FSDP shards along a dimension; a 0-d one still loads. ``encode_image`` and ``encode_text`` run the
+    model outside ``forward`` (``forward_methods``: FSDP gathers the parameters for them too), so
+    ``forward`` does not call them.
+    """
+
+    forward_methods = ("encode_image", "encode_text")
 
     def __init__(self, cfg: ClipConfig):
         super().__init__()
@@ -70,22 +78,34 @@ class CLIPModel(nn.Module):
         self.text_projection = nn.Linear(cfg.text.dim, cfg.embed_dim, bias=False)
         nn.init.normal_(self.visual_projection.weight, std=cfg.vision.dim ** -0.5)
         nn.init.normal_(self.text_projection.weight, std=cfg.text.dim ** -0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.logit_scale_init)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "logit_scale"
+        if key in state_dict and state_dict[key].ndim == 0:  # saved as 0-d (HF, older checkpoints)
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual_projection(self.vision(pixel_values).pooler_output), dim=-1)
+
+    def _text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> unit-length embeddings (B, E)."""
-        return F.normalize(self.visual_projection(self.vision(pixel_values).pooler_output), dim=-1)
+        return self._image_embeds(pixel_values)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> unit-length embeddings (B, E)."""
-        return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
+        return self._text_embeds(input_ids, attention_mask)
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> ClipOutput:
-        image, text = self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask)
+        image, text = self._image_embeds(pixel_values), self._text_embeds(input_ids, attention_mask)
         scale = self.scale()
         logits_per_image = scale * image @ text.t()  # (B_img, B_txt)
         return ClipOutput(image, text, scale, logits_per_image, logits_per_image.t())

@@ -39,6 +39,8 @@ class ContrastiveTask:
     images on the device, and trains on the symmetric contrastive loss. ``evaluate(model)`` adds
     zero-shot classification and retrieval to the trainer's validation metrics."""
 
+    local_rows = True  # caption and crop draws are made for a whole micro-batch and sliced; the loss gathers
+
     def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize, zeroshot_data=None):
         self.cfg, self.train_data, self.val_data, self.tokenize = cfg, train_data, val_data, tokenize
         self.zeroshot_data = zeroshot_data  # (images uint8, labels, class names) or None
@@ -61,15 +63,18 @@ class ContrastiveTask:
     def transform(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return preprocess(pixel_values, self.size, self.cfg.data.mean, self.cfg.data.std)
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool,
+                rows: tuple[int, int] | None = None) -> dict:
         ids, lengths, counts = batch["input_ids"], batch["lengths"], batch["counts"]  # (B, K, L), (B, K), (B,)
-        if train:
-            u = torch.rand(len(counts), generator=generator, device=generator.device).to(counts.device)
-            pick = (u * counts).long().clamp(max=counts - 1)  # (B,) one of each image's captions
+        if train:  # with rows=(offset, total): draws for the whole micro-batch, sliced to these rows
+            offset, total = rows or (0, len(counts))
+            u = torch.rand(total, generator=generator, device=generator.device)[offset:offset + len(counts)]
+            pick = (u.to(counts.device) * counts).long().clamp(max=counts - 1)  # (B,) one of each image's captions
             aug = self.cfg.augment
-            x = random_resized_crop(batch["pixel_values"].float() / 255, self.size, aug.crop_scale, generator)
+            x = random_resized_crop(batch["pixel_values"].float() / 255, self.size, aug.crop_scale, generator,
+                                    rows=rows)
             if aug.hflip:
-                x = random_hflip(x, generator)
+                x = random_hflip(x, generator, rows)
             pixel_values = normalize(x, self.cfg.data.mean, self.cfg.data.std)
         else:
             pick = torch.zeros_like(counts)

@@ -29,6 +29,8 @@ class ImageClassificationConfig(RunConfig):
 class ImageClassificationTask:
     """Augments each batch on the device; soft-target cross-entropy; accuracy against the true labels."""
 
+    local_rows = True  # augmentation draws can be made for a whole micro-batch and sliced to a process's rows
+
     def __init__(self, train_data, val_data, augmenter, num_classes: int, finetune: FinetuneConfig,
                  weight_decay: float):
         self.train_data, self.val_data = train_data, val_data
@@ -40,10 +42,11 @@ class ImageClassificationTask:
 
         return finetune_param_groups(model, self.finetune, self.weight_decay)
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator, train: bool,
+                rows: tuple[int, int] | None = None) -> dict:
         labels = batch["labels"]
         if train:
-            pixel_values, targets = self.augmenter.train(batch["pixel_values"], labels, generator)
+            pixel_values, targets = self.augmenter.train(batch["pixel_values"], labels, generator, rows)
         else:
             pixel_values = self.augmenter.eval(batch["pixel_values"])
             targets = F.one_hot(labels, self.num_classes).float()
