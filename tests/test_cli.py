@@ -65,3 +65,9 @@ def test_tiny_recipe_trains_and_exports(corpus_path, tmp_path):
 
     assert BertForPreTraining.from_pretrained(out).config.hidden_size == 128
     assert AutoTokenizer.from_pretrained(out)("hello world")["input_ids"][0] is not None
+    proc = run_cli("eval", str(run), "--data", str(corpus_path), "--max-documents", "30")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = dict(line.split() for line in proc.stdout.splitlines())
+    saved = json.loads((run / f"eval_{corpus_path.stem}.json").read_text())
+    assert printed["mlm_acc"] == f"{saved['mlm_acc']:.4f}" and printed["masked"] == str(saved["masked"])
+    assert_one_line_error(run_cli("eval", str(out), "--data", str(corpus_path)), "not an HF directory")

@@ -72,11 +72,18 @@ def _run_task(run_dir: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from xformer.evaluate import metric_lines, save_eval
+
     spec = _run_task(args.run_dir)
     if spec is None or spec.evaluate is None:
-        raise XformerError(f"{args.run_dir}: xformer eval evaluates image_classification runs"
-                           + (f"; this is a {spec.name} run" if spec else ""))
-    spec.evaluate(Path(args.run_dir), args.data, args.split)
+        raise XformerError(f"{args.run_dir}: xformer eval evaluates the runs of xformer train (a run or checkpoint "
+                           f"directory), not " + (f"{spec.name} runs" if spec else "an HF directory"))
+    if args.max_documents is not None and args.max_documents <= 0:
+        raise XformerError(f"--max-documents {args.max_documents}: give a positive number")
+    metrics = spec.evaluate(Path(args.run_dir), args.data, args.split, args.max_documents)
+    path = save_eval(args.run_dir, args.data, args.split, metrics)
+    print("\n".join(metric_lines(metrics)))
+    print(f"wrote {path}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -116,10 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where report.md goes (default: the one directory given, else .)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("eval", help="evaluate an image classification run on a dataset")
-    p.add_argument("run_dir", help="run directory")
-    p.add_argument("--data", required=True, help="HF dataset name, Parquet files/globs or an image folder")
-    p.add_argument("--split", help="split of an HF dataset (default: train)")
+    p = sub.add_parser("eval", help="evaluate a run (any task) on a dataset; writes RUN/eval_<data>.json")
+    p.add_argument("run_dir", help="run or checkpoint directory")
+    p.add_argument("--data", required=True,
+                   help="a catalogue name[:split], HF dataset name, files/globs or an image folder: text for "
+                        "bert_pretraining, labelled texts for text_classification, labelled images for "
+                        "image_classification, labelled images (zero-shot) or image-caption pairs (retrieval) "
+                        "for contrastive")
+    p.add_argument("--split", default="train", help="split of a catalogue or HF dataset (default: %(default)s)")
+    p.add_argument("--max-documents", type=int, metavar="N",
+                   help="the first N documents (texts, images) only (default: all)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot classification with an image-text (CLIP) run")

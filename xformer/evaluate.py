@@ -1,9 +1,21 @@
-"""Final evaluation of a classifier: loss, accuracy, per-class accuracy, confusion matrix (JSON + PNG)."""
+"""Evaluating a trained run (``xformer eval``) and a classifier's final report.
+
+- :func:`data_kind` tells what a data source holds (texts, labelled texts, labelled images, image-caption
+  pairs) from its columns, without reading its rows, so a task can refuse data it cannot evaluate on in
+  one line (:func:`check_data`).
+- :func:`task_scores` runs a trainer-side task's ``prepare`` / ``loss`` / ``metrics`` over every row of a
+  dataset, its random draws (MLM masks) from one fixed seed: two evaluations give the same numbers.
+- :func:`save_eval` writes ``RUN/eval_<data>.json`` (the name from :func:`eval_name`) and
+  :func:`metric_lines` prints the metrics as ``name value`` lines.
+- :func:`classification_report`: loss, accuracy, per-class accuracy, confusion matrix (JSON + PNG).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +23,137 @@ import torch
 import torch.nn.functional as F
 
 from xformer.checkpoint import atomic_write_text
+from xformer.data import catalog
+from xformer.data.captions import CAPTION_COLUMNS
+from xformer.data.image_sources import IMAGE_COLUMNS, _is_image_type
+from xformer.data.image_sources import LABEL_COLUMNS as IMAGE_LABEL_COLUMNS
+from xformer.data.sources import CORPUS_SUFFIXES, GLOB_CHARS, jsonl_records, load_hub, parquet_schema, resolve
+from xformer.data.texts import LABEL_COLUMNS as TEXT_LABEL_COLUMNS
+from xformer.data.texts import TEXT_COLUMNS
 from xformer.errors import XformerError
 from xformer.metrics import finite_or_none
+
+TEXTS = "texts without labels"
+LABELLED_TEXTS = "labelled texts"
+LABELLED_IMAGES = "labelled images"
+CAPTIONED_IMAGES = "image-caption pairs"
+IMAGES = "images without labels or captions"
+ROLES = {  # a column's role -> the names it is detected by
+    "text": TEXT_COLUMNS,
+    "label": tuple(dict.fromkeys(TEXT_LABEL_COLUMNS + IMAGE_LABEL_COLUMNS)),
+    "image": IMAGE_COLUMNS,
+    "caption": CAPTION_COLUMNS,
+}
+
+
+# ----------------------------------------------------------------------------- what the data holds
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What a source holds: one of the kinds above, or None when its columns do not tell; its columns."""
+
+    kind: str | None
+    columns: tuple[str, ...]
+
+
+def _columns(source, split: str) -> tuple[list[str], set[str]]:
+    """(column names, those holding encoded images) of a source; text files have one column, ``text``."""
+    src = resolve(source, "--data", CORPUS_SUFFIXES, split, image_folder=True)
+    named = catalog.parse(src.name) if src.kind == "hub" else None
+    if named is not None:  # every copy of a catalogue set has its columns
+        return list(named[0].columns), set(named[0].columns) & set(IMAGE_COLUMNS)
+    if src.kind == "hub":
+        ds = load_hub(src)
+        features = getattr(ds, "features", None) or {}
+        return list(features), {n for n, f in features.items() if type(f).__name__ == "Image"}
+    if src.kind == "folder":
+        return ["image", "label"], {"image"}
+    first = src.files[0]
+    suffix = first.suffix.lower()
+    if suffix == ".parquet":
+        schema = parquet_schema(first)
+        return schema.names, {f.name for f in schema if _is_image_type(f.type)}
+    if suffix in (".jsonl", ".json"):
+        return list(next((record for _, record in jsonl_records(first)), {})), set()
+    return ["text"], set()
+
+
+def data_kind(source, split: str = "train", data_cfg=None) -> DataKind:
+    """What ``source`` (its ``split``) holds, from its column names (and types): a column has a role when
+    ``data_cfg`` (a run's data config) names it in ``<role>_column``, else when it has one of the role's
+    usual names (:data:`ROLES`) or, for images, holds encoded images. Reads no rows (an HF dataset outside
+    the catalogue is loaded to see its columns)."""
+    names, image_typed = _columns(source, split)
+
+    def has(role: str) -> bool:
+        configured = getattr(data_cfg, f"{role}_column", None)
+        if configured is not None:
+            return configured in names
+        return any(n in ROLES[role] for n in names) or (role == "image" and bool(image_typed))
+
+    if has("image"):
+        kind = LABELLED_IMAGES if has("label") else CAPTIONED_IMAGES if has("caption") else IMAGES
+    elif has("text"):
+        kind = LABELLED_TEXTS if has("label") else TEXTS
+    else:
+        kind = None
+    return DataKind(kind, tuple(names))
+
+
+def check_data(run_dir, task: str, source, split: str, accepted: tuple[str, ...], wants: str,
+               data_cfg=None) -> DataKind:
+    """:func:`data_kind` of ``source``; a one-line error when it is known and not one of ``accepted``."""
+    found = data_kind(source, split, data_cfg)
+    if found.kind is not None and found.kind not in accepted:
+        raise XformerError(f"{run_dir}: a {task} run evaluates on {wants}, and --data {source} holds {found.kind} "
+                           f"(columns: {', '.join(found.columns)})")
+    return found
+
+
+def eval_name(source, split: str = "train") -> str:
+    """The ``<data>`` of ``eval_<data>.json``: for a catalogue or HF hub name, the name and the split
+    (``sst2-sentences:validation`` -> ``sst2-sentences_validation``, ``owner/name`` -> ``owner_name_train``);
+    for local files, folders and globs, the stem of the first one before any wildcard
+    (``data/test.parquet`` -> ``test``, ``shards/*.parquet`` -> ``shards``). Characters other than letters,
+    digits, ``.``, ``_`` and ``-`` become ``_``."""
+    first = str(source if isinstance(source, str) else source[0])
+    local = Path(first).expanduser().exists() or any(c in first for c in GLOB_CHARS)
+    if local or not isinstance(source, str):
+        name = Path(re.split(r"[*?\[]", first)[0].rstrip("/")).stem
+    else:
+        name, _, in_value = first.partition(":")
+        name = f"{name}_{in_value or split}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "data"
+
+
+def run_classes(run_dir: str | Path) -> list[str] | None:
+    """The class names a run trained on (``classes.json`` of the run, or of a checkpoint's run); None if none."""
+    for folder in (Path(run_dir), Path(run_dir).parent.parent):  # RUN/checkpoints/step_N -> RUN
+        if (folder / "classes.json").is_file():
+            return json.loads((folder / "classes.json").read_text())
+    return None
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@torch.no_grad()
+def task_scores(model, task, dataset, batch_size: int, device: torch.device, seed: int = 0) -> tuple[dict, dict]:
+    """(metrics, summed counts) of a trainer-side ``task`` (:class:`~xformer.tasks.base.Task`) over every
+    row of ``dataset``, ``batch_size`` rows at a time; its random draws come from one generator seeded with
+    ``seed``, so the same data gives the same numbers every time."""
+    model.eval()
+    generator = torch.Generator(device).manual_seed(seed)
+    counts: dict[str, torch.Tensor] = {}
+    for start in range(0, len(dataset), batch_size):
+        rows = np.arange(start, min(len(dataset), start + batch_size))
+        batch = task.prepare({k: t.to(device) for k, t in dataset.batch(rows).items()}, generator, train=False)
+        _, found = task.loss(model, batch, task.normalizers(batch))
+        for k, v in found.items():
+            counts[k] = counts[k] + v if k in counts else v
+    summed = {k: v.item() for k, v in counts.items()}
+    return task.metrics(summed), summed
 
 
 @torch.no_grad()
@@ -91,3 +232,26 @@ def write_report(report: dict, out_dir: str | Path, name: str) -> None:
     print(f"{name}: {report['images']} images, loss {report['loss']:.4f}, accuracy {report['acc']:.2%} "
           f"(lowest: {worst[0]} {worst[1]:.2%}) -> {out_dir / f'eval_{name}.json'}"
           + ("" if png else " (pip install matplotlib for the confusion-matrix PNG)"))
+
+
+# ----------------------------------------------------------------------------- xformer eval output
+
+
+def save_eval(run_dir: str | Path, source, split: str, metrics: dict) -> Path:
+    """Write ``RUN_DIR/eval_<data>.json`` (:func:`eval_name`; strict JSON: a non-finite number is null)
+    atomically: the data, the split and ``metrics``; a report with a confusion matrix also gets
+    ``confusion_<data>.png`` (when matplotlib is installed). Returns the JSON's path."""
+    name = eval_name(source, split)
+    path = Path(run_dir) / f"eval_{name}.json"
+    record = finite_or_none({"data": source, "split": split, **metrics})
+    atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False))
+    if "confusion" in metrics:
+        plot_confusion(metrics, Path(run_dir) / f"confusion_{name}.png", name)
+    return path
+
+
+def metric_lines(metrics: dict) -> list[str]:
+    """``name value`` for every number of ``metrics`` (floats with 4 decimals); lists, dicts and text are
+    left to the JSON."""
+    return [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]

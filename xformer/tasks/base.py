@@ -85,7 +85,8 @@ class TaskSpec:
             run must use (its own on resume, or its init's), or None. Runs on rank 0 first.
         build: ``(cfg, data) -> Built``.
         finish: ``(cfg, data, built, trainer, result)`` after training (final reports), on every rank.
-        evaluate: ``(run_dir, source, split) -> metrics`` for ``xformer eval``, if the task has one.
+        evaluate: ``(run_dir, source, split, limit) -> metrics`` for ``xformer eval``: the run's model on
+            the first ``limit`` (None: all) documents / images of ``source``; the CLI prints and saves them.
         export: ``(run_dir, out_dir) -> description`` for ``xformer export``, if the task has one.
     """
 

@@ -83,6 +83,34 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
                          f"examples")
 
 
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
+    """``xformer eval``: masked-LM (and, for ``mlm_nsp``, next-sentence) loss and accuracy of the run's model
+    on every document of ``source`` (the first ``limit``), made into examples as the run's were (its
+    tokenizer and data settings, none held out; cached like training data) and masked with fixed draws."""
+    from xformer.data import MLMMasker, prepare_pretraining_data
+    from xformer.data.texts import TEXT_COLUMNS
+    from xformer.distributed import pick_device
+    from xformer.evaluate import LABELLED_TEXTS, TEXTS, check_data, task_scores
+    from xformer.loading import load, tokenizer_dir
+    from xformer.tasks import read_run_config
+
+    cfg = read_run_config(run_dir)
+    found = check_data(run_dir, "bert_pretraining", source, split, (TEXTS, LABELLED_TEXTS), "text")
+    # the run's text column, else the first usual one the data has (sst2: sentence)
+    column = next((c for c in (cfg.data.text_column, *TEXT_COLUMNS) if c in found.columns), cfg.data.text_column)
+    data_cfg = cfg.data.model_copy(update={
+        "source": source, "split": split, "text_column": column, "max_documents": limit, "val_documents": 0,
+        "tokenizer": cfg.data.tokenizer.model_copy(update={"path": tokenizer_dir(run_dir)}),
+    })
+    data = prepare_pretraining_data(data_cfg)
+    masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
+                       random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
+    device = pick_device("auto")
+    task = BertPretrainingTask(data.train, None, masker)
+    metrics, counts = task_scores(load(run_dir).to(device), task, data.train, cfg.train.batch_size, device)
+    return {**metrics, "examples": len(data.train), "tokens": int(counts["tokens"]), "masked": int(counts["mlm_n"])}
+
+
 def export(run_dir: Path, out_dir: Path) -> str:
     """Export as HF ModernBERT when the model is ModernBERT-shaped (rotary positions), else as HF BERT."""
     from xformer.interop.hf_bert import export_bert
@@ -98,4 +126,4 @@ def export(run_dir: Path, out_dir: Path) -> str:
 
 
 TASK = TaskSpec(name="bert_pretraining", config=BertPretrainingConfig, primary_metric="mlm_acc",
-                load_data=load_data, build=build, export=export)
+                load_data=load_data, build=build, evaluate=evaluate, export=export)

@@ -208,39 +208,71 @@ def _write_scores(run_dir: Path, kind: str, source, count: int, scores: dict) ->
     print(f"{kind} {source}: {count} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" -> {out}")
 
 
-def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
-                 templates: list[str] | None = None, max_images: int | None = None, batch_size: int = 256) -> dict:
-    """``xformer zeroshot``: zero-shot classification of a labelled image source with a trained run;
-    writes ``RUN_DIR/zeroshot_<source name>.json`` and returns the scores."""
+def zeroshot_scores(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
+                    templates: list[str] | None = None, max_images: int | None = None,
+                    batch_size: int = 256) -> tuple[dict, int]:
+    """(zero-shot scores, number of images) of a trained run on a labelled image source; ``templates``
+    default to the run's ``eval.templates``, else the CIFAR-10 ones."""
     from xformer.data.images import load_image_data
     from xformer.zeroshot import check_class_names, check_templates
 
-    check_templates(templates or CIFAR10_TEMPLATES, "--template")
+    if templates is not None:
+        check_templates(templates, "--template")
     if max_images is not None and max_images <= 0:
         raise XformerError(f"--max-images {max_images}: give a positive number of images")
-    model, tokenize, transform, device, _ = _load_run(run_dir)
+    model, tokenize, transform, device, cfg = _load_run(run_dir)
+    templates = templates or cfg.eval.templates or CIFAR10_TEMPLATES
     data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images),
                            for_training=False)
     names = classes or data.class_names
     check_class_names(names, "--classes")
-    scores = zeroshot_eval(model, data.train.images, data.train.labels, names, templates or CIFAR10_TEMPLATES,
-                           tokenize, transform, device, batch_size, where=f"--data {source}")
-    _write_scores(run_dir, "zeroshot", source, len(data.train), scores)
+    scores = zeroshot_eval(model, data.train.images, data.train.labels, names, templates, tokenize, transform,
+                           device, batch_size, where=f"--data {source}")
+    return scores, len(data.train)
+
+
+def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
+                 templates: list[str] | None = None, max_images: int | None = None, batch_size: int = 256) -> dict:
+    """``xformer zeroshot``: :func:`zeroshot_scores`, written to ``RUN_DIR/zeroshot_<source name>.json``;
+    returns the scores."""
+    scores, count = zeroshot_scores(run_dir, source, split, classes, templates, max_images, batch_size)
+    _write_scores(run_dir, "zeroshot", source, count, scores)
     return scores
 
 
-def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: int = 256) -> dict:
-    """``xformer retrieval``: image-text recall@K on an image-caption source with a trained run; writes
-    ``RUN_DIR/retrieval_<source name>.json`` and returns the scores."""
+def retrieval_scores(run_dir: str | Path, source, split: str = "test", max_images: int | None = None,
+                     batch_size: int = 256) -> tuple[dict, int]:
+    """(image-text recall@K, number of images) of a trained run on an image-caption source."""
     from xformer.data.captions import CaptionDataset, _load_pairs
     from xformer.data.cache import default_cache_dir
 
     model, tokenize, transform, device, cfg = _load_run(run_dir)
-    images, captions = _load_pairs(source, split, "--data", cfg.data, default_cache_dir(cfg.data))
+    data_cfg = cfg.data.model_copy(update={"max_images": max_images})
+    images, captions = _load_pairs(source, split, "--data", data_cfg, default_cache_dir(cfg.data))
     dataset = CaptionDataset(images, captions, tokenize)
-    scores = retrieval_eval(model, dataset, tokenize, transform, device, batch_size)
-    _write_scores(run_dir, "retrieval", source, len(dataset), scores)
+    return retrieval_eval(model, dataset, tokenize, transform, device, batch_size), len(dataset)
+
+
+def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: int = 256) -> dict:
+    """``xformer retrieval``: :func:`retrieval_scores`, written to ``RUN_DIR/retrieval_<source name>.json``;
+    returns the scores."""
+    scores, count = retrieval_scores(run_dir, source, split, batch_size=batch_size)
+    _write_scores(run_dir, "retrieval", source, count, scores)
     return scores
+
+
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
+    """``xformer eval``: zero-shot scores (``zs_``, with the run's ``eval.templates``) on labelled images,
+    or image-text recall@K on image-caption pairs, as ``source`` holds; the first ``limit`` images."""
+    from xformer.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
+
+    wants = "labelled images (zero-shot) or image-caption pairs (retrieval)"
+    found = check_data(run_dir, "contrastive", source, split, (LABELLED_IMAGES, CAPTIONED_IMAGES), wants)
+    if found.kind == CAPTIONED_IMAGES:
+        scores, count = retrieval_scores(run_dir, source, split, limit)
+        return {**scores, "images": count}
+    scores, count = zeroshot_scores(run_dir, source, split, max_images=limit)
+    return {**{f"zs_{k}": v for k, v in scores.items()}, "images": count}
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
@@ -252,4 +284,4 @@ def export(run_dir: Path, out_dir: Path) -> str:
 
 
 TASK = TaskSpec(name="contrastive", config=ContrastiveConfig, primary_metric="t2i_R@10",
-                load_data=load_data, build=build, finish=finish, export=export)
+                load_data=load_data, build=build, finish=finish, evaluate=evaluate, export=export)

@@ -111,32 +111,36 @@ def finish(cfg: ImageClassificationConfig, data, built: Built, trainer, result: 
             result[f"{split}_report"] = {k: report[k] for k in ("loss", "acc")}
 
 
-def evaluate(run_dir: Path, source, split: str | None = None) -> dict:
-    """``xformer eval``: the run's model on every image of ``source`` (its ``split``); the report goes to
-    ``RUN_DIR/eval_<source name>[_<split>].json`` (+ PNG)."""
-    from xformer.data.images import load_image_data
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
+    """``xformer eval``: loss, accuracy, per-class accuracy and confusion matrix of the run's model on every
+    image of ``source`` (the first ``limit``), whose classes must be the run's."""
+    from xformer.data.images import ImageDataset, load_image_data
     from xformer.distributed import pick_device
-    from xformer.evaluate import classification_report, write_report
+    from xformer.evaluate import LABELLED_IMAGES, check_data, classification_report, run_classes
     from xformer.loading import load
     from xformer.tasks import read_run_config
 
     cfg = read_run_config(run_dir)
-    classes_file = Path(run_dir) / "classes.json"
-    class_names = json.loads(classes_file.read_text()) if classes_file.is_file() else None
+    check_data(run_dir, "image_classification", source, split, (LABELLED_IMAGES,), "labelled images", cfg.data)
+    class_names = run_classes(run_dir)
     data_cfg = cfg.data.model_copy(update={
-        "source": source, "split": split or "train", "val_source": None, "val_size": 0,
-        "test_source": None, "max_images": None,
+        "source": source, "split": split, "val_source": None, "val_size": 0,
+        "test_source": None, "max_images": limit,
     })
     data = load_image_data(data_cfg, for_training=False)
-    if class_names is not None and data.class_names != class_names:
-        raise XformerError(f"{source}: classes {data.class_names[:4]}... differ from the run's {class_names[:4]}...")
+    class_names, dataset = class_names or data.class_names, data.train
+    unknown = [c for c in data.class_names if c not in class_names]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise XformerError(f"--data {source}: {len(unknown)} classes the run never trained on ({shown}); "
+                           f"its classes are {', '.join(map(repr, class_names))}")
+    if data.class_names != class_names:  # e.g. a few of the run's classes: the run's class indices
+        remap = torch.tensor([class_names.index(c) for c in data.class_names])
+        dataset = ImageDataset(dataset.images, remap[dataset.labels])
     device = pick_device("auto")
     model = load(run_dir).to(device)
-    augmenter = _augmenter(cfg, len(data.class_names), cfg.model.image_size)
-    report = classification_report(model, data.train, augmenter, data.class_names, cfg.train.batch_size, device)
-    name = Path(str(source).split("*")[0].rstrip("/")).stem or "data"
-    write_report(report, run_dir, f"{name}_{split}" if split else name)
-    return report
+    augmenter = _augmenter(cfg, len(class_names), cfg.model.image_size)
+    return classification_report(model, dataset, augmenter, class_names, cfg.train.batch_size, device)
 
 
 def export(run_dir: Path, out_dir: Path) -> str:

@@ -7,6 +7,7 @@ to its longest sequence. With ``model.init`` the tokenizer is the checkpoint's o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -78,5 +79,33 @@ def build(cfg: TextClassificationConfig, data) -> Built:
                          f"{len(data.val) if data.val else 0} val, {len(data.class_names)} classes")
 
 
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
+    """``xformer eval``: loss and accuracy of the run's classifier on the labelled texts of ``source`` (the
+    first ``limit``), read as in training (its text / label columns) and mapped onto the run's classes."""
+    from xformer.data.texts import _tokenized, read_labelled_texts
+    from xformer.distributed import pick_device
+    from xformer.evaluate import LABELLED_TEXTS, check_data, run_classes, task_scores
+    from xformer.loading import load, load_tokenizer
+    from xformer.tasks import read_run_config
+
+    cfg = read_run_config(run_dir)
+    check_data(run_dir, "text_classification", source, split, (LABELLED_TEXTS,), "labelled texts", cfg.data)
+    classes = run_classes(run_dir)
+    if classes is None:
+        raise XformerError(f"{run_dir}: no classes.json, so the run's labels are not known")
+    texts, raw = read_labelled_texts(source, split, cfg.data.model_copy(update={"max_examples": limit}), "--data")
+    labels = [str(y) for y in raw]  # the run's class names are its labels as strings
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise XformerError(f"--data {source}: {len(unknown)} labels the run never trained on ({shown}); "
+                           f"its classes are {', '.join(map(repr, classes))}")
+    dataset = _tokenized(texts, labels, classes, load_tokenizer(run_dir), cfg.data.max_seq_len, "--data")
+    device = pick_device("auto")
+    task = TextClassificationTask(dataset, None, len(classes))
+    metrics, counts = task_scores(load(run_dir).to(device), task, dataset, cfg.train.batch_size, device)
+    return {**metrics, "examples": len(dataset), "tokens": int(counts["tokens"])}
+
+
 TASK = TaskSpec(name="text_classification", config=TextClassificationConfig, primary_metric="acc",
-                load_data=load_data, build=build)
+                load_data=load_data, build=build, evaluate=evaluate)
