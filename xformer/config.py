@@ -250,6 +250,8 @@ class DataConfig(Section):
     max_seq_len: int = Field(128, ge=8)
     objective: Literal["mlm_nsp", "mlm"] = Field(
         "mlm_nsp", description="mlm_nsp: BERT's sentence pairs; mlm: packed full-length sequences, no NSP")
+    document_mask: bool = Field(False, description="objective mlm: a token attends only within its own document "
+                                "of the packed row, where rotary positions restart")
     short_seq_prob: float = Field(0.1, ge=0, le=1)
     nsp_random_prob: float = Field(0.5, ge=0, le=1)
     dupe_factor: int = Field(1, gt=0)
@@ -259,6 +261,12 @@ class DataConfig(Section):
     whole_word_mask: bool = False
     cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _documents_are_packed(self):
+        if self.document_mask and self.objective != "mlm":
+            raise ValueError("data.document_mask applies to packed rows: set data.objective=mlm")
+        return self
 
 
 class SplitDataConfig(Section):

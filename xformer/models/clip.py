@@ -41,6 +41,7 @@ class TextTransformer(nn.Module):
         self.embeddings = TokenEmbeddings(
             cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
             dropout=cfg.dropout, norm_eps=None if cfg.norm_first else cfg.norm_eps,
+            absolute=cfg.position == "absolute", norm_bias=cfg.bias,
         )
         self.encoder = Encoder(cfg)
         self.apply(lambda m: init_weights(m, cfg.init_std))

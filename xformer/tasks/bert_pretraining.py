@@ -23,16 +23,23 @@ class BertPretrainingConfig(RunConfig):
 
 
 class BertPretrainingTask:
-    """Masks each batch on the device and computes MLM + NSP loss with the sparse MLM head."""
+    """Masks each batch on the device and computes MLM + NSP loss with the sparse MLM head.
+
+    With ``sep_id`` (``data.document_mask``) each packed row is split into its documents, each ending at
+    a ``[SEP]``, and a token attends only within its own.
+    """
 
     local_rows = True  # masking draws can be made for a whole micro-batch and sliced to a process's rows
 
-    def __init__(self, train_data, val_data, masker):
-        self.train_data, self.val_data, self.masker = train_data, val_data, masker
+    def __init__(self, train_data, val_data, masker, sep_id: int | None = None):
+        self.train_data, self.val_data, self.masker, self.sep_id = train_data, val_data, masker, sep_id
 
     def prepare(self, batch: dict, generator: torch.Generator, train: bool,
                 rows: tuple[int, int] | None = None) -> dict:
         input_ids, labels = self.masker(batch["input_ids"], batch["attention_mask"], generator, rows)
+        if self.sep_id is not None:  # (B, T) document number: a [SEP] closes its own document
+            sep = (batch["input_ids"] == self.sep_id).int()
+            batch = {**batch, "segments": sep.cumsum(dim=1) - sep}
         return {**batch, "input_ids": input_ids, "labels": labels}
 
     def normalizers(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -40,7 +47,7 @@ class BertPretrainingTask:
 
     def loss(self, model, local: dict, norms: dict):
         out = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
-                    token_type_ids=local["token_type_ids"], labels=local["labels"])
+                    token_type_ids=local["token_type_ids"], labels=local["labels"], segments=local.get("segments"))
         loss, counts = bert_pretraining_loss(  # MLM only when the examples have no NSP labels (packed)
             out.mlm_logits, out.nsp_logits, local["labels"], local.get("next_sentence_label"),
             mlm_normalizer=norms["masked"].clamp(min=1), nsp_normalizer=norms["rows"],
@@ -78,7 +85,8 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
     model, mcfg = init_from(mcfg)
     masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
                        random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
-    return Built(model, mcfg, BertPretrainingTask(data.train, data.val, masker), tokenizer=data.tokenizer,
+    sep_id = data.tokenizer.sep_token_id if cfg.data.document_mask else None
+    return Built(model, mcfg, BertPretrainingTask(data.train, data.val, masker, sep_id), tokenizer=data.tokenizer,
                  summary=f"BERT, init {mcfg.init or 'random'}; data: {len(data.train)} train / {len(data.val)} val "
                          f"examples")
 
@@ -106,7 +114,7 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
                        random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
     device = pick_device("auto")
-    task = BertPretrainingTask(data.train, None, masker)
+    task = BertPretrainingTask(data.train, None, masker, data.tokenizer.sep_token_id if cfg.data.document_mask else None)
     metrics, counts = task_scores(load(run_dir).to(device), task, data.train, cfg.train.batch_size, device)
     return {**metrics, "examples": len(data.train), "tokens": int(counts["tokens"]), "masked": int(counts["mlm_n"])}
 
