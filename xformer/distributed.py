@@ -186,3 +186,13 @@ def unshard_model(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.unshard()
+
+
+def broadcast_float(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` (e.g. its elapsed seconds) on every process, so decisions made from it (the LR of
+    a time budget, when to stop) agree. One small collective and a host sync: call it at log steps only."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.item()

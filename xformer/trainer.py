@@ -13,9 +13,14 @@ three methods:
 - optionally ``param_groups(model)`` (what to train, with which decay) and ``evaluate(model)`` (metrics
   that need the whole validation set at once, e.g. retrieval, added to each evaluation).
 
-Every micro-batch follows from the step number alone (a seeded permutation per epoch, a seeded
-generator per micro-batch), so resuming needs only the step and the RNG state, and data-parallel runs
-reproduce single-process ones. A task whose data has ``seq_len(indices)`` and whose ``prepare`` takes
+Every micro-batch follows from its index alone (a seeded permutation per epoch, a seeded generator per
+micro-batch), the count of micro-batches the steps before it read, so resuming needs only the step, that
+count and the RNG state, and data-parallel runs reproduce single-process ones.
+
+The schedule runs over a budget (``train.budget``): ``max_steps`` / ``epochs`` steps, where the LR and
+the micro-batches per step (``grad_accum``, ramped up over ``batch_ramp``) are functions of the step, or
+``max_minutes`` of wall time, where they are functions of the elapsed time. That time is rank 0's,
+broadcast at each log (every ``log_every`` steps), and held in between, so processes never disagree. A task whose data has ``seq_len(indices)`` and whose ``prepare`` takes
 ``rows`` (``local_rows = True``: the token tasks) has each process read only its own rows, padded to the
 micro-batch's length, with random draws made for the whole micro-batch and sliced, and the normalisers
 summed over processes; otherwise every process builds the global micro-batch and keeps its rows.
@@ -76,19 +81,48 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) 
     return kind(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda")
 
 
+def warmup_share(cfg: TrainConfig) -> float:
+    """The share of the budget spent warming up, unless ``warmup_steps`` counts it in steps."""
+    if cfg.warmup_ratio is not None:
+        return cfg.warmup_ratio
+    return 0.5 if cfg.schedule == "triangle" and not cfg.warmup_steps else 0.0
+
+
+def _decay(cfg: TrainConfig, progress: float) -> float:
+    """The LR factor after warmup, ``progress`` (0..1) through the decay."""
+    if cfg.schedule == "constant":
+        return 1.0
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+
 def lr_lambda(cfg: TrainConfig, total_steps: int):
-    """Linear warmup to ``lr``, then linear or cosine decay to ``lr * min_lr_ratio`` at ``total_steps``."""
+    """Under a step budget, the LR factor of (0-based) step: linear warmup to ``lr``, then linear or cosine
+    decay to ``lr * min_lr_ratio`` at ``total_steps`` (or constant; triangle decays linearly)."""
+    warmup = cfg.warmup_steps or math.ceil(warmup_share(cfg) * total_steps)
 
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+        if step < warmup:
+            return (step + 1) / warmup
+        return _decay(cfg, min(1.0, (step - warmup) / max(1, total_steps - warmup)))
 
     return factor
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Under a time budget, the LR factor once ``progress`` (0..1) of the time is spent; the same shapes."""
+    warmup = warmup_share(cfg)
+    if progress < warmup:
+        return progress / warmup
+    return _decay(cfg, min(1.0, (progress - warmup) / (1 - warmup)))
+
+
+def micro_batches(cfg: TrainConfig, progress: float) -> int:
+    """Micro-batches in the optimizer step taken once ``progress`` (0..1) of the budget is spent: from 1
+    up to ``grad_accum`` linearly over the first ``batch_ramp`` of it (the batch-size ramp)."""
+    if progress >= cfg.batch_ramp:
+        return cfg.grad_accum
+    return 1 + int((cfg.grad_accum - 1) * progress / cfg.batch_ramp)
 
 
 def _matmul_parameters(model: torch.nn.Module) -> int:
@@ -99,6 +133,8 @@ def _matmul_parameters(model: torch.nn.Module) -> int:
 
 class Trainer:
     """Runs ``cfg.train`` on ``model`` for ``task``; checkpoints and metrics go to ``run_dir``."""
+
+    clock = staticmethod(time.perf_counter)  # seconds; the wall-clock budget's (tests set a fake one)
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, task, run_dir: str | Path,
                  dist: distributed.DistInfo):
@@ -126,10 +162,18 @@ class Trainer:
         self.epoch_batches = len(task.train_data) // self.micro_batch
         steps_per_epoch = max(1, self.epoch_batches // self.tcfg.grad_accum)
         epochs = self.tcfg.epochs
-        self.total_steps = self.tcfg.max_steps if epochs is None else max(1, round(epochs * steps_per_epoch))
+        # a time budget has no step count: it ends when the time is spent
+        self.time_budget = self.tcfg.budget == "time"
+        self.total_steps = None if self.time_budget else \
+            self.tcfg.max_steps if epochs is None else max(1, round(epochs * steps_per_epoch))
         self.eval_every = steps_per_epoch if self.tcfg.eval_every == "epoch" else self.tcfg.eval_every
         self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.tcfg, self.total_steps))
+        # No LRScheduler: _schedule sets each group's LR (and the micro-batches per step) from the step, or
+        # from the elapsed time, so a resume needs only the step, the elapsed time and the micro-batch count.
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._step_lr = None if self.time_budget else lr_lambda(self.tcfg, self.total_steps)
+        self._accum = self.tcfg.grad_accum  # micro-batches in the next optimizer step
+        self._micro_done = 0  # micro-batches read since the start of training: the next step reads on from here
         step_model = self.model
         if self.tcfg.compile and not blocks_of(self.model):  # no blocks (the CNN): the whole model
             step_model = torch.compile(self.model)
@@ -206,16 +250,17 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         self.step_model.train()
         counts: dict[str, torch.Tensor] = {}
-        accum = self.tcfg.grad_accum
+        accum = self._accum
         for micro in range(accum):
-            local, norms = self._micro_batch(step * accum + micro)
+            local, norms = self._micro_batch(self._micro_done + micro)
             sync = micro == accum - 1 or self.dist.world_size == 1
             if self.fsdp:  # FSDP reduces gradients on the last micro-step only; no context manager
                 self.model.set_requires_gradient_sync(sync)
             no_sync = contextlib.nullcontext() if sync or self.fsdp else self.step_model.no_sync()
             with no_sync, self.autocast():
                 loss, c = self.task.loss(self.step_model, local, norms)
-            # DDP and FSDP average gradients over processes; losses are already shares of the global batch.
+            # DDP and FSDP average gradients over processes; losses are already shares of the global batch,
+            # and the step's mean over its own micro-batches (their number changes during a batch ramp).
             (loss * self.dist.world_size / accum).backward()
             c["nonfinite"] = (~torch.isfinite(loss.detach())).sum()
             for n, v in c.items():
@@ -229,9 +274,28 @@ class Trainer:
         # the first step with a non-finite loss or gradient, kept on the device (no host sync per step)
         self._first_bad = torch.where((self._first_bad < 0) & (counts["nonfinite"] > 0), step + 1, self._first_bad)
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._micro_done += accum
+        if not self.time_budget:  # a time budget's schedule moves at each log, when the clock is read
+            self._schedule(step + 1)
         return counts
+
+    def _schedule(self, step: int, elapsed: float = 0.0) -> None:
+        """Set the LR and the micro-batches of the next optimizer step, ``step``: a function of ``step``
+        under a step budget, of ``elapsed`` seconds (rank 0's, so the same on every process) under a time budget."""
+        if self.time_budget:
+            progress = min(1.0, elapsed / (60 * self.tcfg.max_minutes))
+            factor = lr_at(self.tcfg, progress)
+        else:
+            progress, factor = step / self.total_steps, self._step_lr(step)
+        self._accum = micro_batches(self.tcfg, progress)
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
+
+    @property
+    def lr(self) -> float:
+        """The LR of the next step (of the first parameter group)."""
+        return self.optimizer.param_groups[0]["lr"]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -262,30 +326,38 @@ class Trainer:
         """Train for ``max_steps`` or ``epochs`` (or ``max_minutes``); returns the last train and validation metrics."""
         tcfg, is_main = self.tcfg, self.dist.is_main
         start_step, elapsed_before = 0, 0.0
+        budget_s = None if tcfg.max_minutes is None else 60 * tcfg.max_minutes
         if resume and (ckpt := latest_checkpoint(self.run_dir)) is not None:
             if self.fsdp or is_sharded(ckpt):  # DCP reshards; a full checkpoint is sharded on load
                 state = load_sharded_checkpoint(ckpt, self.model, self.optimizer)
             else:
                 state = load_checkpoint(ckpt, self.model)
                 self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            # the LR follows from the step or the elapsed time: an old checkpoint's "scheduler" is not needed
             set_rng_state(state["rng"])
             start_step, elapsed_before = state["step"], state["elapsed"]
-            if start_step > self.total_steps:
+            # checkpoints from before the batch ramp read grad_accum micro-batches per step
+            self._micro_done = state.get("micro_batches", start_step * tcfg.grad_accum)
+            if self.time_budget:
+                if elapsed_before >= budget_s and is_main:
+                    print(f"{self.run_dir}: already trained for all {tcfg.max_minutes} minutes ({ckpt.name})")
+            elif start_step > self.total_steps:
                 raise XformerError(f"--resume: {ckpt} is at step {start_step}, beyond the {self.total_steps} steps "
                                    f"train.max_steps / train.epochs ask for; raise them to continue")
-            if start_step == self.total_steps and is_main:
+            elif start_step == self.total_steps and is_main:
                 print(f"{self.run_dir}: already trained for all {self.total_steps} steps ({ckpt.name})")
+        self._schedule(start_step, elapsed_before)
         log = MetricsLog(self.run_dir / "metrics.jsonl", start_step if resume else None,
                          start_wandb(self.cfg, self.run_dir)) if is_main else None
         bar = tqdm(total=self.total_steps, initial=start_step, disable=not (is_main and tcfg.progress),
                    dynamic_ncols=True, desc="train")
-        t_start = t_log = time.perf_counter()
+        t_start = t_log = self.clock()
         window: dict[str, torch.Tensor] = {}
         train_metrics: dict = {}
         val_metrics: dict = {}
         step = logged_step = start_step
-        while step < self.total_steps:
+        done = elapsed_before >= budget_s if self.time_budget else step >= self.total_steps
+        while not done:
             for n, v in self.train_step(step).items():
                 window[n] = window[n] + v if n in window else v
             step += 1
@@ -293,9 +365,15 @@ class Trainer:
             last = step == self.total_steps
             if step % tcfg.log_every == 0 or last:
                 sums = distributed.all_reduce_sums(window)
-                now = time.perf_counter()
+                now = self.clock()
+                if budget_s is not None:
+                    # rank 0's clock for every process: they stop at the same step and hold the same LR
+                    elapsed = distributed.broadcast_float(elapsed_before + now - t_start, self.dist.device)
+                    last = last or elapsed >= budget_s
+                    if self.time_budget:  # the LR and batch of the steps up to the next log
+                        self._schedule(step, elapsed)
                 train_metrics = self.task.metrics(sums)
-                train_metrics["lr"] = self.scheduler.get_last_lr()[0]
+                train_metrics["lr"] = self.lr
                 train_metrics["grad_norm"] = float(self._norm_sum) / (step - logged_step)  # mean since the last log
                 self._norm_sum.zero_()
                 logged_step = step
@@ -312,10 +390,7 @@ class Trainer:
                     log.write({"step": step, "split": "train", **train_metrics,
                                "elapsed_s": elapsed_before + now - t_start})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in train_metrics.items() if k == "loss" or "_per_s" in k})
-                if tcfg.max_minutes is not None:
-                    out_of_time = (elapsed_before + now - t_start) / 60 >= tcfg.max_minutes
-                    last = last or distributed.broadcast_flag(out_of_time, self.dist.device)
-            t_pause = time.perf_counter()  # evaluation and checkpointing do not count against throughput
+            t_pause = self.clock()  # evaluation and checkpointing do not count against throughput
             if step % self.eval_every == 0 or last:
                 val_metrics = self.evaluate()
                 if is_main:
@@ -324,17 +399,17 @@ class Trainer:
             if step % self.save_every == 0 or last:
                 self._stop_if_diverged(bar, log)
                 if self.fsdp:  # every process writes its shards
-                    state = {"step": step, "optimizer": OPTIMIZER_IN_DCP, "scheduler": self.scheduler.state_dict(),
-                             "rng": rng_state(), "elapsed": elapsed_before + time.perf_counter() - t_start}
+                    state = {"step": step, "optimizer": OPTIMIZER_IN_DCP, "micro_batches": self._micro_done,
+                             "rng": rng_state(), "elapsed": elapsed_before + self.clock() - t_start}
                     save_sharded_checkpoint(self.run_dir, step, self.model, self.optimizer, self.cfg, state,
                                             tcfg.keep_last, is_main)
                 elif is_main:
                     state = {"step": step, "optimizer": self.optimizer.state_dict(),
-                             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                             "elapsed": elapsed_before + time.perf_counter() - t_start}
+                             "micro_batches": self._micro_done, "rng": rng_state(),
+                             "elapsed": elapsed_before + self.clock() - t_start}
                     save_checkpoint(self.run_dir, step, self.model, self.cfg, state, tcfg.keep_last)
                 distributed.barrier()
-            t_log += time.perf_counter() - t_pause
+            t_log += self.clock() - t_pause
             if last:
                 break
         self._close(bar, log)
@@ -358,5 +433,5 @@ class Trainer:
         last_good = latest_checkpoint(self.run_dir)
         raise XformerError(
             f"step {first_bad}: the training loss or gradient is not finite (diverged at lr "
-            f"{self.scheduler.get_last_lr()[0]:.3g}); training stopped and nothing was saved after it; "
+            f"{self.lr:.3g}); training stopped and nothing was saved after it; "
             f"the last good checkpoint is {last_good or 'none'}; lower train.lr or raise train.warmup_steps")
