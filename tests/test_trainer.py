@@ -170,3 +170,23 @@ def test_model_flops_utilisation_is_logged_against_the_given_peak(tiny_config, t
     flops = 6 * _matmul_parameters(load(tmp_path / "run"))
     for r in train:  # tokens/s x FLOPs per token over the peak
         assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e9, rel=1e-9)
+
+
+def test_optimizer_moments_saved_for_a_0d_parameter_resume_into_its_1_element_shape():
+    """A CLIP run saved while logit_scale was 0-d resumes now that it is a (1,) parameter."""
+    from xformer.trainer import _match_state_shapes
+
+    old = torch.nn.Parameter(torch.tensor(2.0))
+    saved = torch.optim.AdamW([old], lr=0.1)
+    old.grad = torch.tensor(1.0)
+    saved.step()
+    new = torch.nn.Parameter(old.detach().reshape(1).clone())  # the weights load into the new shape
+    optimizer = torch.optim.AdamW([new], lr=0.1)
+    optimizer.load_state_dict(saved.state_dict())
+    _match_state_shapes(optimizer)
+    assert optimizer.state[new]["exp_avg"].shape == (1,) and optimizer.state[new]["step"].shape == ()
+    new.grad = torch.tensor([1.0])
+    optimizer.step()  # fails with a 0-d moment: "output with shape [] doesn't match the broadcast shape [1]"
+    old.grad = torch.tensor(1.0)
+    saved.step()
+    torch.testing.assert_close(new.detach(), old.detach().reshape(1))

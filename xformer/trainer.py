@@ -19,8 +19,10 @@ count and the RNG state, and data-parallel runs reproduce single-process ones.
 
 The schedule runs over a budget (``train.budget``): ``max_steps`` / ``epochs`` steps, where the LR and
 the micro-batches per step (``grad_accum``, ramped up over ``batch_ramp``) are functions of the step, or
-``max_minutes`` of wall time, where they are functions of the elapsed time. That time is rank 0's,
-broadcast at each log (every ``log_every`` steps), and held in between, so processes never disagree. A task whose data has ``seq_len(indices)`` and whose ``prepare`` takes
+``max_minutes`` of wall time, where they are functions of the elapsed time, read before every step. With
+several processes that time is rank 0's, broadcast at each log (every ``log_every`` steps) and carried
+forward between logs at the pace of the last log window (broadcast every step before the first log),
+so processes never disagree and need no collective per step. A task whose data has ``seq_len(indices)`` and whose ``prepare`` takes
 ``rows`` (``local_rows = True``: the token tasks) has each process read only its own rows, padded to the
 micro-batch's length, with random draws made for the whole micro-batch and sliced, and the normalisers
 summed over processes; otherwise every process builds the global micro-batch and keeps its rows.
@@ -125,6 +127,17 @@ def micro_batches(cfg: TrainConfig, progress: float) -> int:
     return 1 + int((cfg.grad_accum - 1) * progress / cfg.batch_ramp)
 
 
+def _match_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Give saved optimizer moments their parameter's shape where only the shape changed (a 0-d CLIP
+    ``logit_scale`` saved before it became a 1-element parameter); the step counts stay as they are."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if key != "step" and torch.is_tensor(value) and value.shape != param.shape \
+                        and value.numel() == param.numel():
+                    optimizer.state[param][key] = value.reshape(param.shape)
+
+
 def _matmul_parameters(model: torch.nn.Module) -> int:
     """Parameters outside embedding tables (each is used in one multiply-add per token)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -212,7 +225,12 @@ class Trainer:
         epoch, pos = divmod(k, self.epoch_batches)
         idx = self._permutation(epoch)[pos * self.micro_batch:(pos + 1) * self.micro_batch]
         B, r, data = self.tcfg.batch_size, self.dist.rank, self.task.train_data
-        batch = data.batch(idx[r * B:(r + 1) * B], seq_len=data.seq_len(idx)) if self._local_rows else data.batch(idx)
+        if not self._local_rows:
+            batch = data.batch(idx)
+        elif hasattr(data, "seq_len"):  # token rows padded as the whole micro-batch would be
+            batch = data.batch(idx[r * B:(r + 1) * B], seq_len=data.seq_len(idx))
+        else:
+            batch = data.batch(idx[r * B:(r + 1) * B])
         if self.dist.device.type == "cuda":
             batch = {n: t.pin_memory() for n, t in batch.items()}  # copied to the GPU without blocking
         return batch
@@ -276,9 +294,17 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._micro_done += accum
-        if not self.time_budget:  # a time budget's schedule moves at each log, when the clock is read
-            self._schedule(step + 1)
+        self._schedule(step + 1, self._elapsed(step + 1) if self.time_budget else 0.0)
         return counts
+
+    def _elapsed(self, step: int) -> float:
+        """Seconds of the time budget spent before ``step``, the same on every process: this process's clock
+        alone, or rank 0's at the last log carried forward at that window's pace per step (broadcast now
+        until the first log gives a pace)."""
+        step0, elapsed0, pace = self._synced
+        if self.dist.world_size == 1 or pace is None:
+            return distributed.broadcast_float(self._elapsed_before + self.clock() - self._t_start, self.dist.device)
+        return elapsed0 + (step - step0) * pace
 
     def _schedule(self, step: int, elapsed: float = 0.0) -> None:
         """Set the LR and the micro-batches of the next optimizer step, ``step``: a function of ``step``
@@ -333,6 +359,7 @@ class Trainer:
             else:
                 state = load_checkpoint(ckpt, self.model)
                 self.optimizer.load_state_dict(state["optimizer"])
+                _match_state_shapes(self.optimizer)
             # the LR follows from the step or the elapsed time: an old checkpoint's "scheduler" is not needed
             set_rng_state(state["rng"])
             start_step, elapsed_before = state["step"], state["elapsed"]
@@ -352,6 +379,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start_step, disable=not (is_main and tcfg.progress),
                    dynamic_ncols=True, desc="train")
         t_start = t_log = self.clock()
+        self._t_start, self._elapsed_before = t_start, elapsed_before
+        self._synced: tuple[int, float, float | None] = (start_step, elapsed_before, None)  # step, seconds, pace
         window: dict[str, torch.Tensor] = {}
         train_metrics: dict = {}
         val_metrics: dict = {}
@@ -370,8 +399,10 @@ class Trainer:
                     # rank 0's clock for every process: they stop at the same step and hold the same LR
                     elapsed = distributed.broadcast_float(elapsed_before + now - t_start, self.dist.device)
                     last = last or elapsed >= budget_s
-                    if self.time_budget:  # the LR and batch of the steps up to the next log
+                    if self.time_budget:  # the LR and batch of the next step, and the pace until the next log
                         self._schedule(step, elapsed)
+                        step0, elapsed0, _ = self._synced
+                        self._synced = (step, elapsed, (elapsed - elapsed0) / (step - step0))
                 train_metrics = self.task.metrics(sums)
                 train_metrics["lr"] = self.lr
                 train_metrics["grad_norm"] = float(self._norm_sum) / (step - logged_step)  # mean since the last log

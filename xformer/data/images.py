@@ -59,14 +59,8 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def seq_len(self, indices: np.ndarray) -> None:
-        """Images have no length to share with the rest of a micro-batch (the trainer asks when each
-        process reads only its own rows): None."""
-        return None
-
-    def batch(self, indices: np.ndarray, seq_len: None = None) -> dict[str, torch.Tensor]:
-        """``{"pixel_values": (B, C, H, W) uint8, "labels": (B,) int64}`` for the rows ``indices``;
-        ``seq_len`` is :meth:`seq_len`'s None."""
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """``{"pixel_values": (B, C, H, W) uint8, "labels": (B,) int64}`` for the rows ``indices``."""
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))  # (B,)
         return {"pixel_values": self.images[idx], "labels": self.labels[idx]}
 

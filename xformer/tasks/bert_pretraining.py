@@ -48,8 +48,9 @@ class BertPretrainingTask:
     def loss(self, model, local: dict, norms: dict):
         out = model(input_ids=local["input_ids"], attention_mask=local["attention_mask"],
                     token_type_ids=local["token_type_ids"], labels=local["labels"], segments=local.get("segments"))
+        nsp_labels = local.get("next_sentence_label")
         loss, counts = bert_pretraining_loss(  # MLM only when the examples have no NSP labels (packed)
-            out.mlm_logits, out.nsp_logits, local["labels"], local.get("next_sentence_label"),
+            out.mlm_logits, out.nsp_logits if nsp_labels is not None else None, local["labels"], nsp_labels,
             mlm_normalizer=norms["masked"].clamp(min=1), nsp_normalizer=norms["rows"],
         )
         counts["tokens"] = local["attention_mask"].sum()
@@ -92,9 +93,16 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
 
 
 def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
-    """``xformer eval``: masked-LM (and, for ``mlm_nsp``, next-sentence) loss and accuracy of the run's model
-    on every document of ``source`` (the first ``limit``), made into examples as the run's were (its
-    tokenizer and data settings, none held out; cached like training data) and masked with fixed draws."""
+    """``xformer eval``: masked-LM loss and accuracy of the run's model on every document of ``source`` (the
+    first ``limit``), none held out, with the run's tokenizer and masking settings and fixed draws.
+
+    Masked LM is always measured on packed full-length rows, whatever the run's objective, so runs of
+    either objective are compared on the same tokens; a ``mlm_nsp`` run also gets next-sentence loss and
+    accuracy on sentence pairs made from the same documents (skipped, with a warning, where the data
+    cannot give them). Examples are cached like training data.
+    """
+    import sys
+
     from xformer.data import MLMMasker, prepare_pretraining_data
     from xformer.data.texts import TEXT_COLUMNS
     from xformer.distributed import pick_device
@@ -106,17 +114,31 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     found = check_data(run_dir, "bert_pretraining", source, split, (TEXTS, LABELLED_TEXTS), "text")
     # the run's text column, else the first usual one the data has (sst2: sentence)
     column = next((c for c in (cfg.data.text_column, *TEXT_COLUMNS) if c in found.columns), cfg.data.text_column)
-    data_cfg = cfg.data.model_copy(update={
-        "source": source, "split": split, "text_column": column, "max_documents": limit, "val_documents": 0,
-        "tokenizer": cfg.data.tokenizer.model_copy(update={"path": tokenizer_dir(run_dir)}),
-    })
-    data = prepare_pretraining_data(data_cfg)
-    masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
-                       random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
     device = pick_device("auto")
-    task = BertPretrainingTask(data.train, None, masker, data.tokenizer.sep_token_id if cfg.data.document_mask else None)
-    metrics, counts = task_scores(load(run_dir).to(device), task, data.train, cfg.train.batch_size, device)
-    return {**metrics, "examples": len(data.train), "tokens": int(counts["tokens"]), "masked": int(counts["mlm_n"])}
+    model = load(run_dir).to(device)
+
+    def scores(objective: str) -> tuple[dict, dict, int]:
+        data = prepare_pretraining_data(cfg.data.model_copy(update={
+            "source": source, "split": split, "text_column": column, "max_documents": limit, "val_documents": 0,
+            "objective": objective, "document_mask": cfg.data.document_mask and objective == "mlm",
+            "tokenizer": cfg.data.tokenizer.model_copy(update={"path": tokenizer_dir(run_dir)}),
+        }))
+        masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
+                           random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
+        sep_id = data.tokenizer.sep_token_id if cfg.data.document_mask and objective == "mlm" else None
+        task = BertPretrainingTask(data.train, None, masker, sep_id)
+        return *task_scores(model, task, data.train, cfg.train.batch_size, device), len(data.train)
+
+    metrics, counts, rows = scores("mlm")
+    out = {"mlm_acc": metrics["mlm_acc"], "mlm_loss": metrics["mlm_loss"], "examples": rows,
+           "tokens": int(counts["tokens"]), "masked": int(counts["mlm_n"])}
+    if cfg.data.objective == "mlm_nsp" and model.config.nsp:
+        try:
+            pairs, _, _ = scores("mlm_nsp")
+            out.update(nsp_acc=pairs["nsp_acc"], nsp_loss=pairs["nsp_loss"])
+        except XformerError as err:
+            print(f"warning: next-sentence accuracy not measured: {err}", file=sys.stderr)
+    return out
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
