@@ -195,3 +195,24 @@ def test_real_wiki_slice(tmp_path):
     assert np.array_equal(train.nsp_labels == 1, train.b_doc_ids != train.doc_ids)
     batch = train.batch(np.arange(16))
     assert batch["input_ids"].shape[1] == 128 and (batch["input_ids"][:, 0] == data.tokenizer.cls_token_id).all()
+
+
+def test_held_out_documents_are_written_as_training_left_them_out(corpus_path, tmp_path, tiny_config, capsys):
+    import importlib.util
+
+    import pyarrow.parquet as pq
+
+    from xformer.data.corpus import read_documents
+    from xformer.data.pretraining import held_out
+
+    spec = importlib.util.spec_from_file_location("held_out", Path(__file__).parents[1] / "data_prep" / "held_out.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: bert_pretraining\ndata:\n  source: {corpus_path}\n  val_documents: 7\n  seed: 3\n")
+    out = tmp_path / "held" / "out.parquet"
+    assert script.main([str(recipe), str(out)]) == 0
+    docs = read_documents(str(corpus_path))
+    assert pq.read_table(out).column("text").to_pylist() == [docs[i] for i in held_out(len(docs), 7, 3)]
+    assert script.main([str(recipe), str(tmp_path / "o2.parquet"), "--set", "data.val_documents=100000"]) == 2
+    assert "leaves no training documents" in capsys.readouterr().err
