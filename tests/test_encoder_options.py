@@ -180,3 +180,22 @@ def test_document_numbers_follow_the_separators_of_packed_rows():
 def test_document_mask_needs_packed_rows(tiny_config):
     with pytest.raises(XformerError, match="data.document_mask applies to packed rows"):
         tiny_config("data.document_mask=true")
+
+
+def test_a_text_tower_takes_a_modern_bert_whole_or_refuses_what_it_would_drop():
+    from xformer.config import TextConfig
+    from xformer.init import load_weights, merge_config
+    from xformer.models.clip import TextTransformer
+
+    arch = dict(vocab_size=50, dim=32, depth=2, num_heads=4, max_position=16, type_vocab_size=0,
+                **{**MODERN, "local_window": None})
+    bert = BertForPreTraining(BertConfig(nsp=False, embed_norm=True, first_block_norm=False, **arch)).eval()
+    tower_cfg = merge_config(TextConfig(causal=False, pool="cls"), bert.config)
+    assert tower_cfg.embed_norm and tower_cfg.position == "rotary" and not tower_cfg.first_block_norm
+    tower = TextTransformer(tower_cfg).eval()
+    load_weights(tower, bert, "model.text.init")
+    ids = torch.randint(1, 50, (2, 16))
+    torch.testing.assert_close(tower(ids), bert.bert(ids).last_hidden_state[:, 0])
+    without_norm = TextTransformer(tower_cfg.model_copy(update={"embed_norm": False}))
+    with pytest.raises(XformerError, match="has no place for embeddings.norm.weight"):
+        load_weights(without_norm, bert, "model.text.init")

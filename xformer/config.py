@@ -169,6 +169,7 @@ class TextConfig(EncoderConfig):
     vocab_size: int | None = Field(None, gt=0, description="None: taken from the tokenizer")
     max_position: int = Field(77, gt=0)
     type_vocab_size: int = Field(0, ge=0, description="0: no segment embeddings (CLIP); BERT has 2")
+    embed_norm: bool | None = Field(None, description="a LayerNorm on the embeddings; None: with post-LN only")
     pad_token_id: int = 0
     causal: bool = True
     pool: Literal["eot", "cls"] = "eot"

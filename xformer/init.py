@@ -97,6 +97,13 @@ def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
     if misfit:
         raise XformerError(f"{what}: a {type(source).__name__} does not fit this {type(target).__name__} "
                            f"(missing or of another shape: {', '.join(misfit[:3])})")
+    # a backbone weight the target has no place for would be dropped: the model would not be the source's
+    taken = {k[len(tp):] for k in loaded if k.startswith(tp)}
+    source_heads = tuple(p[len(sp):] for p in getattr(source, "head_prefixes", ()) if p.startswith(sp))
+    dropped = [k for k in backbone if k not in taken and not (source_heads and k.startswith(source_heads))]
+    if dropped:
+        raise XformerError(f"{what}: this {type(target).__name__} has no place for {', '.join(dropped[:3])} of the "
+                           f"{type(source).__name__}; its options differ (e.g. model.embed_norm)")
     target.load_state_dict(loaded, strict=False)
     return sorted({k.rsplit(".", 1)[0] for k in fresh})
 

@@ -38,9 +38,10 @@ class TextTransformer(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("TextConfig.vocab_size must be set (it is taken from the tokenizer)")
         self.config = cfg
+        embed_norm = not cfg.norm_first if cfg.embed_norm is None else cfg.embed_norm
         self.embeddings = TokenEmbeddings(
             cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
-            dropout=cfg.dropout, norm_eps=None if cfg.norm_first else cfg.norm_eps,
+            dropout=cfg.dropout, norm_eps=cfg.norm_eps if embed_norm else None,
             absolute=cfg.position == "absolute", norm_bias=cfg.bias,
         )
         self.encoder = Encoder(cfg)
