@@ -302,8 +302,11 @@ class Trainer:
         alone, or rank 0's at the last log carried forward at that window's pace per step (broadcast now
         until the first log gives a pace)."""
         step0, elapsed0, pace = self._synced
-        if self.dist.world_size == 1 or pace is None:
-            return distributed.broadcast_float(self._elapsed_before + self.clock() - self._t_start, self.dist.device)
+        elapsed = self._elapsed_before + self.clock() - self._t_start
+        if self.dist.world_size == 1:
+            return elapsed
+        if pace is None:
+            return distributed.broadcast_float(elapsed, self.dist.device)
         return elapsed0 + (step - step0) * pace
 
     def _schedule(self, step: int, elapsed: float = 0.0) -> None:

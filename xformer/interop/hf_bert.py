@@ -218,8 +218,10 @@ def transformer_dir(folder: Path) -> Path:
     raise XformerError(f"{modules_file}: no sentence_transformers Transformer module listed")
 
 
-def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
-    """Load an HF BERT checkpoint as our model, in eval mode.
+def load_bert_family(path_or_id: str, heads: bool | None, attn_backend: str, family: str, config_from_hf,
+                     state_dict_from_hf) -> nn.Module:
+    """An HF checkpoint of a BERT-like ``family`` ("BERT", "ModernBERT") as our model, in eval mode: its
+    config and weights read by the family's ``config_from_hf`` / ``state_dict_from_hf``.
 
     ``path_or_id`` is a local HF directory (``config.json`` + ``model.safetensors`` or
     ``pytorch_model.bin``), a sentence-transformers folder, or a hub id (fetched through
@@ -231,10 +233,10 @@ def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str =
     if not folder.exists():
         folder = fetch_from_hub(str(path_or_id))
     if not folder.is_dir():
-        raise XformerError(f"{folder}: expected an HF BERT directory (config.json + weights)")
+        raise XformerError(f"{folder}: expected an HF {family} directory (config.json + weights)")
     model_dir = transformer_dir(folder)
     if not (model_dir / "config.json").is_file():
-        raise XformerError(f"{model_dir}: no config.json; expected an HF BERT directory")
+        raise XformerError(f"{model_dir}: no config.json; expected an HF {family} directory")
     cfg = config_from_hf(transformers.AutoConfig.from_pretrained(model_dir))
     cfg.attn_backend = attn_backend
     state = state_dict_from_hf(read_weights(model_dir), cfg)
@@ -251,6 +253,12 @@ def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str =
     if absent:
         logger.warning("%s: not in the checkpoint, keeping their initialisation: %s", path_or_id, ", ".join(absent))
     return model.eval()
+
+
+def load_hf_bert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
+    """Load an HF BERT checkpoint (``BertModel``, ``BertForPreTraining``, ``BertForMaskedLM``,
+    sentence-transformers folders) as our model, in eval mode; see :func:`load_bert_family`."""
+    return load_bert_family(path_or_id, heads, attn_backend, "BERT", config_from_hf, state_dict_from_hf)
 
 
 # ----------------------------------------------------------------------------- export

@@ -25,10 +25,15 @@ from torch import nn
 
 from xformer.config import BertConfig
 from xformer.errors import XformerError
-from xformer.hub import fetch_from_hub
-from xformer.interop.common import ACT_FROM_HF, ACT_TO_HF, param_pairs, read_weights, refuse_options, write_hf_dir
-from xformer.interop.hf_bert import transformer_dir
-from xformer.models.bert import BertForPreTraining, BertModel
+from xformer.interop.common import (
+    ACT_FROM_HF,
+    ACT_TO_HF,
+    param_pairs,
+    refuse_options,
+    write_hf_dir,
+)
+from xformer.interop.hf_bert import load_bert_family
+from xformer.models.bert import BertForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -250,38 +255,10 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[st
 
 
 def load_hf_modernbert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
-    """Load an HF ModernBERT checkpoint as our model, in eval mode.
-
-    ``path_or_id`` is a local HF directory (``config.json`` + ``model.safetensors`` or
-    ``pytorch_model.bin``), a sentence-transformers folder, or a hub id (fetched through
-    huggingface_hub). Returns :class:`BertForPreTraining` (MLM only) when the checkpoint has the MLM
-    head, or when ``heads=True`` (the head then keeps its fresh initialisation, and is logged);
-    otherwise, or when ``heads=False``, :class:`BertModel`.
-    """
-    folder = Path(path_or_id)
-    if not folder.exists():
-        folder = fetch_from_hub(str(path_or_id))
-    if not folder.is_dir():
-        raise XformerError(f"{folder}: expected an HF ModernBERT directory (config.json + weights)")
-    model_dir = transformer_dir(folder)
-    if not (model_dir / "config.json").is_file():
-        raise XformerError(f"{model_dir}: no config.json; expected an HF ModernBERT directory")
-    cfg = config_from_hf(transformers.AutoConfig.from_pretrained(model_dir))
-    cfg.attn_backend = attn_backend
-    state = state_dict_from_hf(read_weights(model_dir), cfg)
-
-    has_heads = any(k.startswith("mlm.") for k in state)
-    if has_heads if heads is None else heads:
-        model: nn.Module = BertForPreTraining(cfg)
-    else:
-        model = BertModel(cfg)
-        state = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected  # state_dict_from_hf only produces our keys
-    absent = sorted({k.rsplit(".", 1)[0] for k in missing if k != "mlm.decoder.weight"})  # decoder: tied
-    if absent:
-        logger.warning("%s: not in the checkpoint, keeping their initialisation: %s", path_or_id, ", ".join(absent))
-    return model.eval()
+    """Load an HF ModernBERT checkpoint as our model, in eval mode: :class:`BertForPreTraining` (MLM only)
+    when it has the MLM head or ``heads=True``, else :class:`BertModel` (see
+    :func:`~xformer.interop.hf_bert.load_bert_family`)."""
+    return load_bert_family(path_or_id, heads, attn_backend, "ModernBERT", config_from_hf, state_dict_from_hf)
 
 
 # ----------------------------------------------------------------------------- export
