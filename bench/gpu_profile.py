@@ -1,7 +1,7 @@
 """Does the GPU wait on the host? A torch.profiler look at the trainer's own training steps.
 
 For each target the real training path is built as ``xformer train`` builds it (task data, model,
-:class:`xformer.trainer.Trainer` with its background prefetch, pinned copies and on-device
+:class:`xformer.train.loop.Trainer` with its background prefetch, pinned copies and on-device
 augmentation), warmed up (compilation included), then ``--steps`` calls of ``Trainer.train_step`` are
 profiled. Reported per target:
 
@@ -84,9 +84,9 @@ def build_trainer(target: str, overrides: list[str], work: Path):
     import torch
 
     from xformer import distributed
-    from xformer.recipe import load_recipe
+    from xformer.commands.recipe import load_recipe
     from xformer.tasks import get_task
-    from xformer.trainer import Trainer
+    from xformer.train.loop import Trainer
 
     base = [f"out_dir={work / target / 'run'}"]
     if target == "bert":

@@ -308,7 +308,7 @@ if [ "$DRY" = 1 ]; then
     sets() { local a=(); while [ $# -gt 0 ]; do [ "$1" = --set ] || a+=("$1"); shift; done; printf '%s\n' "${a[@]}"; }
     "$PY" - <(sets "${VIT_SETS[@]}") <(sets "${CNN_SETS[@]}") <<'PY' && ok "recipes with the suite's --set overrides" || err "a recipe rejects the suite's --set overrides"
 import sys
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 for recipe, path in (("recipes/vit_cifar.yaml", sys.argv[1]), ("recipes/cnn_cifar.yaml", sys.argv[2])):
     load_recipe(recipe, open(path).read().split())
 PY

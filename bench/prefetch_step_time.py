@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 from xformer.tasks import run
 
 

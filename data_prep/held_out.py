@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xformer.data.cache import default_cache_dir
-from xformer.data.corpus import read_records
-from xformer.data.pretraining import plan_corpus
+from xformer.data.text.corpus import read_records
+from xformer.data.text.pretraining import plan_corpus
 from xformer.errors import XformerError
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:

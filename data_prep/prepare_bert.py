@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from xformer.data.pretraining import prepare_pretraining_data
+from xformer.data.text.pretraining import prepare_pretraining_data
 from xformer.errors import XformerError
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,10 @@ import sys
 import time
 
 from xformer.data.cache import default_cache_dir
-from xformer.data.pretraining import plan_corpus, training_texts
-from xformer.data.tokenizer import train_wordpiece
+from xformer.data.text.pretraining import plan_corpus, training_texts
+from xformer.data.text.tokenizer import train_wordpiece
 from xformer.errors import XformerError
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from xformer.config import AugmentConfig
-from xformer.data.augment import (
+from xformer.data.image.augment import (
     OPS,
     Augmenter,
     apply_op,

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from xformer.cli import main as xformer_main
+from xformer.commands.cli import main as xformer_main
 from xformer.config import ImageDataConfig
 from xformer.data import catalog
-from xformer.data.corpus import read_documents
-from xformer.data.images import load_image_data
+from xformer.data.text.corpus import read_documents
+from xformer.data.image.images import load_image_data
 from xformer.data.sources import load_hub, resolve, source_fingerprint
 from xformer.errors import XformerError
 

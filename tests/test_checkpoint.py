@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from xformer import checkpoint
-from xformer.checkpoint import (
+from xformer.train import checkpoint
+from xformer.train.checkpoint import (
     atomic_write_text,
     latest_checkpoint,
     list_checkpoints,

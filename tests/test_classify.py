@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from xformer.checkpoint import latest_checkpoint
-from xformer.finetune import finetune_param_groups
+from xformer.train.checkpoint import latest_checkpoint
+from xformer.train.finetune import finetune_param_groups
 from xformer.tasks import read_run_config
 from xformer.tasks import run as train_classifier
 from xformer.config import FinetuneConfig
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["red", "green", "blue", "grey"]

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.test_trainer import free_port
-from xformer.cli import main
+from xformer.commands.cli import main
 from xformer.config import ClipConfig
-from xformer.recipe import load_recipe
-from xformer.data.augment import random_resized_crop
+from xformer.commands.recipe import load_recipe
+from xformer.data.image.augment import random_resized_crop
 from xformer.losses import contrastive_loss
 from xformer.models import CLIPModel
-from xformer.zeroshot import (
+from xformer.trained.zeroshot import (
     CIFAR10_CLASSES,
     CIFAR10_TEMPLATES,
     classification_scores,
@@ -263,7 +263,7 @@ def test_tiny_clip_trains_then_evaluates_from_the_cli(clip_args, capsys):
 
     import transformers
 
-    from xformer.loading import load, load_tokenizer
+    from xformer.trained.loading import load, load_tokenizer
 
     assert main(["export", str(run), str(tmp_path / "hf")]) == 0
     hf = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
@@ -278,7 +278,7 @@ def test_tiny_clip_trains_then_evaluates_from_the_cli(clip_args, capsys):
 
 
 def test_lock_image_keeps_the_image_tower(clip_args):
-    from xformer.loading import load
+    from xformer.trained.loading import load
     from xformer.tasks import run
     from xformer.tasks.contrastive import clip_model
 
@@ -299,7 +299,7 @@ def test_lock_image_keeps_the_image_tower(clip_args):
 def test_text_tower_starts_from_a_bert(clip_args, tmp_path):
     from xformer.config import BertConfig, TokenizerConfig
     from xformer.tasks.contrastive import clip_model
-    from xformer.data.tokenizer import train_wordpiece
+    from xformer.data.text.tokenizer import train_wordpiece
     from xformer.interop.hf_bert import export_bert
     from xformer.models import BertForPreTraining
 
@@ -338,7 +338,7 @@ def test_bad_inputs_give_one_line_errors(clip_args, capsys, tmp_path):
 def test_resume_and_whole_clip_init_keep_the_recipe(clip_args):
     """A CLIP run resumes although model.text.vocab_size was filled in at run time; a whole-CLIP init
     takes the architecture from the run and dropout / attention backend from the recipe."""
-    from xformer.loading import load
+    from xformer.trained.loading import load
     from xformer.tasks import run
     from xformer.tasks.contrastive import clip_model
 

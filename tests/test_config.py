@@ -1,7 +1,7 @@
 import pytest
 
 from xformer.config import RunConfig
-from xformer.recipe import load_recipe, parse_override
+from xformer.commands.recipe import load_recipe, parse_override
 from xformer.errors import XformerError
 
 

@@ -21,11 +21,11 @@ from xformer.config import (
     TextClassificationDataConfig,
     TokenizerConfig,
 )
-from xformer.data.captions import _load_pairs
-from xformer.data.corpus import read_documents
-from xformer.data.images import load_image_data
-from xformer.data.pretraining import prepare_pretraining_data
-from xformer.data.texts import load_text_data, read_labelled_texts
+from xformer.data.image.captions import _load_pairs
+from xformer.data.text.corpus import read_documents
+from xformer.data.image.images import load_image_data
+from xformer.data.text.pretraining import prepare_pretraining_data
+from xformer.data.text.texts import load_text_data, read_labelled_texts
 from xformer.errors import XformerError
 
 NOT_UTF8 = b"caf\xe9 au lait\n\n\xff\xfe binary \x00\x01\x02"

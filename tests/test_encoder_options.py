@@ -159,7 +159,7 @@ MODERN_RECIPE = ["model.position=rotary", "model.glu=true", "model.bias=false", 
 
 
 def test_packed_mlm_only_training_of_a_modern_encoder_learns(tiny_config):
-    from xformer.metrics import read_metrics
+    from xformer.train.metrics import read_metrics
     from xformer.tasks import run
 
     cfg = tiny_config(*MODERN_RECIPE, "train.max_steps=40", "train.lr=3e-3")
@@ -184,7 +184,7 @@ def test_document_mask_needs_packed_rows(tiny_config):
 
 def test_a_text_tower_takes_a_modern_bert_whole_or_refuses_what_it_would_drop():
     from xformer.config import TextConfig
-    from xformer.init import load_weights, merge_config
+    from xformer.trained.init import load_weights, merge_config
     from xformer.models.clip import TextTransformer
 
     arch = dict(vocab_size=50, dim=32, depth=2, num_heads=4, max_position=16, type_vocab_size=0,

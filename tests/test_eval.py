@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from xformer.cli import main
-from xformer.evaluate import LABELLED_IMAGES, LABELLED_TEXTS, TEXTS, data_kind, eval_name
-from xformer.recipe import load_recipe
+from xformer.commands.cli import main
+from xformer.trained.evaluate import LABELLED_IMAGES, LABELLED_TEXTS, TEXTS, data_kind, eval_name
+from xformer.commands.recipe import load_recipe
 from xformer.tasks import run as train
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220), "grey": (150, 150, 150)}

@@ -10,9 +10,9 @@ import torch.multiprocessing as mp
 
 from tests.test_classify import VIT, image_config, losses, make_images
 from tests.test_trainer import free_port, train_losses
-from xformer.checkpoint import latest_checkpoint, list_checkpoints
+from xformer.train.checkpoint import latest_checkpoint, list_checkpoints
 from xformer.tasks import run as train
-from xformer.trainer import Trainer
+from xformer.train.loop import Trainer
 
 NO_DROPOUT = ["model.dropout=0", "model.attn_dropout=0"]
 
@@ -61,7 +61,7 @@ def test_bert_two_sharded_processes_match_one(tiny_config, tmp_path):
     assert sorted(one) == sorted(two) == list(range(1, 6))
     close(one, two, one)
     # the sharded run's full model.safetensors (tied embeddings stored once) loads like the plain run's
-    from xformer.loading import load
+    from xformer.trained.loading import load
 
     assert (latest_checkpoint(tmp_path / "two") / "dcp").is_dir()
     sharded, plain = load(tmp_path / "two").state_dict(), load(tmp_path / "one").state_dict()
@@ -82,7 +82,7 @@ def image_parquet(tmp_path_factory):
 
 
 def test_vit_two_sharded_processes_match_one_and_the_checkpoint_loads_and_exports(image_parquet, tmp_path):
-    from xformer.loading import load
+    from xformer.trained.loading import load
     from xformer.tasks.image_classification import export
 
     common = [*VIT, "train.max_steps=5", "train.eval_every=5", "train.save_every=5", "data.val_size=32"]
@@ -144,7 +144,7 @@ def test_clip_two_sharded_processes_match_one_and_evaluate(tmp_path):
     import json
 
     from tests.test_clip import write_labelled, write_pairs
-    from xformer.recipe import load_recipe
+    from xformer.commands.recipe import load_recipe
 
     args = [
         f"data.source={write_pairs(tmp_path / 'pairs.parquet', 48)}",
@@ -167,7 +167,7 @@ def test_clip_two_sharded_processes_match_one_and_evaluate(tmp_path):
     val_one, val_two = (json.loads((tmp_path / r / "eval_final.json").read_text()) for r in ("one", "two"))
     assert {"zs_top1", "t2i_R@1"} <= set(val_two)
     close(val_one, val_two, val_one)
-    from xformer.loading import load
+    from xformer.trained.loading import load
 
     assert (latest_checkpoint(tmp_path / "two") / "dcp").is_dir()
     sharded, plain = load(tmp_path / "two").state_dict(), load(tmp_path / "one").state_dict()

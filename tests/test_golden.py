@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_documents
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 from xformer.tasks import run as train
 
 GOLDEN = Path(__file__).parent / "golden" / "losses.json"

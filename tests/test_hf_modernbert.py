@@ -233,7 +233,7 @@ def test_load_model_and_masked_lm_dirs(tmp_path, caplog):
     inputs = batch(3)
     close(model(**inputs).mlm_logits, mlm(**inputs).logits, inputs["attention_mask"])
     assert type(load_hf_modernbert(str(tmp_path / "mlm"), heads=False)) is BertModel
-    assert xformer.loading.load_config(f"hf:{tmp_path / 'mlm'}").local_window == 8
+    assert xformer.trained.loading.load_config(f"hf:{tmp_path / 'mlm'}").local_window == 8
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from xformer.config import ImageDataConfig
-from xformer.data import images as images_module
-from xformer.data.images import load_image_data
+from xformer.data.image import images as images_module
+from xformer.data.image.images import load_image_data
 from xformer.errors import XformerError
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"

@@ -7,15 +7,15 @@ import torch
 import yaml
 
 import xformer
-from xformer.cli import main
+from xformer.commands.cli import main
 from xformer.config import BertClassifierConfig, BertConfig, CNNConfig, ViTConfig, save_config
 from xformer.errors import XformerError
-from xformer.init import init_from, load_weights
+from xformer.trained.init import init_from, load_weights
 from xformer.models import CNN, BertForPreTraining, BertModel, ViTForImageClassification
 
 
 def _checkpoint(tmp_path, model, task: str):
-    from xformer.checkpoint import save_checkpoint
+    from xformer.train.checkpoint import save_checkpoint
     from xformer.tasks import get_task
 
     cfg = get_task(task).config(model=model.config)

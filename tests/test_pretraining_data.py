@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-import xformer.data.pretraining as pretraining
-import xformer.data.shards as shards
-import xformer.data.tokenizer as tokenizer_module
+import xformer.data.text.pretraining as pretraining
+import xformer.data.text.shards as shards
+import xformer.data.text.tokenizer as tokenizer_module
 from xformer.config import DataConfig, TokenizerConfig
 from xformer.data import PretrainingData, prepare_pretraining_data, split_sentences
-from xformer.data.pretraining import _trim_counts
+from xformer.data.text.pretraining import _trim_counts
 from xformer.errors import XformerError
 
 WIKI = Path(__file__).parents[1] / "../shared/data/wiki"
@@ -202,8 +202,8 @@ def test_held_out_documents_are_written_as_training_left_them_out(corpus_path, t
 
     import pyarrow.parquet as pq
 
-    from xformer.data.corpus import read_documents
-    from xformer.data.pretraining import held_out
+    from xformer.data.text.corpus import read_documents
+    from xformer.data.text.pretraining import held_out
 
     spec = importlib.util.spec_from_file_location("held_out", Path(__file__).parents[1] / "data_prep" / "held_out.py")
     script = importlib.util.module_from_spec(spec)

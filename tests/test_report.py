@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from xformer.errors import XformerError
-from xformer.evaluate import classification_report, write_report as write_eval_report
-from xformer.report import _cell, expand_dirs, read_run, table, write_report
+from xformer.trained.evaluate import classification_report, write_report as write_eval_report
+from xformer.commands.report import _cell, expand_dirs, read_run, table, write_report
 
 
 def make_run(path, task="image_classification", records=(), max_steps=30, result=None, lines=(), **config):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import make_documents
-from xformer.checkpoint import list_checkpoints
-from xformer.cli import main
+from xformer.train.checkpoint import list_checkpoints
+from xformer.commands.cli import main
 from xformer.errors import XformerError
-from xformer.run_dir import RunLock, config_diff
+from xformer.train.run_dir import RunLock, config_diff
 from xformer.tasks import run
 
 
@@ -102,7 +102,7 @@ def test_config_diff_compares_at_any_depth_and_skips_runtime_values():
 
 
 def test_sequence_longer_than_positions_is_refused_before_any_data(tmp_path):
-    from xformer.recipe import load_recipe
+    from xformer.commands.recipe import load_recipe
 
     with pytest.raises(XformerError, match="max_seq_len=256 is longer than model.max_position=128"):
         load_recipe(None, ["data.max_seq_len=256", "model.max_position=128", f"data.source={tmp_path}"])
@@ -131,7 +131,7 @@ def test_nothing_non_finite_is_exported(tmp_path):
 
 
 def test_metrics_write_failure_is_one_line(tmp_path):
-    from xformer.metrics import MetricsLog, read_metrics
+    from xformer.train.metrics import MetricsLog, read_metrics
 
     log = MetricsLog(tmp_path / "m.jsonl", None)
     log.write({"step": 1, "split": "train", "loss": float("nan")})

@@ -11,9 +11,9 @@ from test_trainer import free_port, train_losses
 
 from xformer.config import TrainConfig
 from xformer.errors import XformerError
-from xformer.recipe import load_recipe
+from xformer.commands.recipe import load_recipe
 from xformer.tasks import run as pretrain
-from xformer.trainer import Trainer, lr_at, lr_lambda, micro_batches
+from xformer.train.loop import Trainer, lr_at, lr_lambda, micro_batches
 
 TIME_BUDGET = ["train.budget=time", "train.max_minutes=1", "train.warmup_steps=0", "train.schedule=triangle"]
 
@@ -160,11 +160,11 @@ def test_processes_share_rank_0s_clock(tiny_config, cache, tmp_path):
 
 def test_a_checkpoint_from_before_budgets_resumes(tiny_config, cache, tmp_path, monkeypatch):
     """Checkpoints written with a LambdaLR have its state under "scheduler" and no micro-batch count."""
-    import xformer.trainer
+    import xformer.train.loop
 
     steps = [cache, "train.max_steps=4", "train.grad_accum=2", "train.save_every=2"]
     pretrain(tiny_config(*steps, f"out_dir={tmp_path / 'a'}"))
-    real_save, real_step = xformer.trainer.save_checkpoint, Trainer.train_step
+    real_save, real_step = xformer.train.loop.save_checkpoint, Trainer.train_step
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     old_state = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0).state_dict()
 
@@ -177,7 +177,7 @@ def test_a_checkpoint_from_before_budgets_resumes(tiny_config, cache, tmp_path, 
             raise KeyboardInterrupt
         return real_step(self, step)
 
-    monkeypatch.setattr(xformer.trainer, "save_checkpoint", save_old)
+    monkeypatch.setattr(xformer.train.loop, "save_checkpoint", save_old)
     monkeypatch.setattr(Trainer, "train_step", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_config(*steps, f"out_dir={tmp_path / 'b'}"))

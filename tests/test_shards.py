@@ -15,17 +15,11 @@ import pytest
 from conftest import make_documents
 
 from xformer.config import DataConfig, TokenizerConfig
-from xformer.data import (
-    prepare_pretraining_data,
-    pretraining,
-    read_documents,
-    shards,
-    split_sentences,
-    train_wordpiece,
-)
-from xformer.data.corpus import corpus_parts, read_records
-from xformer.data.pretraining import held_out
-from xformer.data.tokenizer import tokenizer_sample
+from xformer.data import prepare_pretraining_data, read_documents, split_sentences, train_wordpiece
+from xformer.data.text import pretraining, shards
+from xformer.data.text.corpus import corpus_parts, read_records
+from xformer.data.text.pretraining import held_out
+from xformer.data.text.tokenizer import tokenizer_sample
 from xformer.errors import XformerError
 from xformer.tasks import run
 

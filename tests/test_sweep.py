@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xformer.cli import main
+from xformer.commands.cli import main
 from xformer.config import config_text
 from xformer.errors import XformerError
-from xformer.sweep import expand, parse_grid, read_result, run_name, sweep
+from xformer.commands.sweep import expand, parse_grid, read_result, run_name, sweep
 
 GOOD, BAD = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]
 FILLER = ["the", "a", "film", "movie", "story", "plot", "actors", "scenes", "was", "is", "and", "but", "with", "very", "quite", "rather"]
@@ -244,9 +244,9 @@ def test_sweep_metric_reaches_every_run(recipe, tmp_path):
 
 
 def test_sequence_classifier_learns_and_starts_from_a_bert(recipe, tmp_path):
-    from xformer.init import init_from
-    from xformer.loading import load
-    from xformer.recipe import load_recipe
+    from xformer.trained.init import init_from
+    from xformer.trained.loading import load
+    from xformer.commands.recipe import load_recipe
     from xformer.tasks import run
 
     cfg = load_recipe(recipe, [f"out_dir={tmp_path / 'run'}", "train.max_steps=150", "train.lr=1e-3",
@@ -275,7 +275,7 @@ def test_text_data_bad_inputs(recipe, tmp_path, capsys):
 
 
 def test_report_leaves_out_keys_that_only_follow_the_architecture():
-    from xformer.report import varied_keys
+    from xformer.commands.report import varied_keys
 
     cnn = {"config": {"model.arch": "cnn", "model.dropout": 0.1, "model.channels": [32, 64]}}
     vit = {"config": {"model.arch": "vit", "model.dropout": 0.0, "model.dim": 128}}

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from xformer.checkpoint import list_checkpoints
+from xformer.train.checkpoint import list_checkpoints
 from xformer.config import TrainConfig
 from xformer.tasks import run as pretrain
-from xformer.trainer import Trainer, lr_lambda
+from xformer.train.loop import Trainer, lr_lambda
 
 
 def train_losses(run_dir):
@@ -102,7 +102,7 @@ def test_schedule_warmup_then_decay():
 
 def test_pretraining_continues_from_an_exported_hf_checkpoint(tiny_config, tmp_path):
     from xformer.interop.hf_bert import export_bert
-    from xformer.loading import load, load_tokenizer
+    from xformer.trained.loading import load, load_tokenizer
 
     pretrain(tiny_config("train.max_steps=40"))
     export_bert(load(tmp_path / "run"), tmp_path / "hf", tokenizer=load_tokenizer(tmp_path / "run"))
@@ -118,7 +118,7 @@ def test_pretraining_continues_from_an_exported_hf_checkpoint(tiny_config, tmp_p
 
 def counting_worker(rank, world, port, cfg, log_dir):
     """A DDP worker that records how many rows each training read asks for."""
-    from xformer.data.sentence_pairs import PretrainingDataset
+    from xformer.data.text.sentence_pairs import PretrainingDataset
 
     read = PretrainingDataset.batch
 
@@ -160,12 +160,12 @@ def test_background_prefetch_changes_nothing(tiny_config, tmp_path):
 
 
 def test_model_flops_utilisation_is_logged_against_the_given_peak(tiny_config, tmp_path):
-    from xformer.trainer import _matmul_parameters
+    from xformer.train.loop import _matmul_parameters
 
     pretrain(tiny_config("train.max_steps=2", "train.peak_tflops=0.001"))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
-    from xformer.loading import load
+    from xformer.trained.loading import load
 
     flops = 6 * _matmul_parameters(load(tmp_path / "run"))
     for r in train:  # tokens/s x FLOPs per token over the peak
@@ -174,7 +174,7 @@ def test_model_flops_utilisation_is_logged_against_the_given_peak(tiny_config, t
 
 def test_optimizer_moments_saved_for_a_0d_parameter_resume_into_its_1_element_shape():
     """A CLIP run saved while logit_scale was 0-d resumes now that it is a (1,) parameter."""
-    from xformer.trainer import _match_state_shapes
+    from xformer.train.loop import _match_state_shapes
 
     old = torch.nn.Parameter(torch.tensor(2.0))
     saved = torch.optim.AdamW([old], lr=0.1)

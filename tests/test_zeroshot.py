@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from xformer.errors import XformerError
-from xformer.zeroshot import (
+from xformer.trained.zeroshot import (
     CIFAR10_TEMPLATES,
     check_class_names,
     prompts,

@@ -11,7 +11,7 @@ __all__ = ["__version__", "load", "load_tokenizer"]
 
 def __getattr__(name: str):
     if name in ("load", "load_tokenizer"):
-        from xformer import loading
+        from xformer.trained import loading
 
         return getattr(loading, name)
     raise AttributeError(f"module 'xformer' has no attribute {name!r}")

@@ -2,6 +2,6 @@
 
 import sys
 
-from xformer.cli import main
+from xformer.commands.cli import main
 
 sys.exit(main())

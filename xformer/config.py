@@ -3,7 +3,7 @@
 Every section forbids unknown keys; a mistake is reported as one line naming the key and the
 closest valid ones (:func:`format_validation_error`). Each task's run config (model + data + train
 sections) lives with its task in :mod:`xformer.tasks`; recipe files and ``--set`` overrides are read
-by :mod:`xformer.recipe`.
+by :mod:`xformer.commands.recipe`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     # Keys that are not architecture: when a model starts from ``init`` its architecture comes from
-    # the checkpoint, and these still come from the recipe (see :mod:`xformer.init`).
+    # the checkpoint, and these still come from the recipe (see :mod:`xformer.trained.init`).
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
 
 

@@ -1,13 +1,13 @@
 """Data pipeline: corpus reading, tokenizer, cached BERT pretraining examples and MLM masking."""
 
-from xformer.data.corpus import corpus_fingerprint, read_documents, split_sentences
-from xformer.data.masking import MLMMasker
-from xformer.data.pretraining import (
+from xformer.data.text.corpus import corpus_fingerprint, read_documents, split_sentences
+from xformer.data.text.masking import MLMMasker
+from xformer.data.text.pretraining import (
     PretrainingData,
     PretrainingDataset,
     prepare_pretraining_data,
 )
-from xformer.data.tokenizer import build_tokenizer, train_wordpiece
+from xformer.data.text.tokenizer import build_tokenizer, train_wordpiece
 
 __all__ = [
     "MLMMasker",

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from xformer import distributed
-from xformer.checkpoint import atomic_write_text, latest_checkpoint
+from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
 from xformer.config import RunConfig, Section, config_text
-from xformer.run_dir import RunLock, check_start, pin_data, prepare_dir
-from xformer.trainer import Trainer
+from xformer.train.run_dir import RunLock, check_start, pin_data, prepare_dir
+from xformer.train.loop import Trainer
 
 
 class Dataset(Protocol):
@@ -36,7 +36,7 @@ class Dataset(Protocol):
 
 
 class Task(Protocol):
-    """The trainer's contract with a task (see :mod:`xformer.trainer`).
+    """The trainer's contract with a task (see :mod:`xformer.train.loop`).
 
     Optional, used when present: ``param_groups(model) -> list[dict]`` (what to train, with which weight
     decay and LR scale), ``evaluate(model) -> dict`` (metrics that need the whole validation set at once,
@@ -115,7 +115,7 @@ def run_tokenizer(cfg: RunConfig, run_dir: Path, resuming: bool) -> str | None:
     """The tokenizer a run must use, as a directory or hub id: on resume always the run's own; else
     ``data.tokenizer.path``, else the tokenizer of the checkpoint the text side starts from; None: the
     task trains one (or has no text)."""
-    from xformer.loading import tokenizer_dir
+    from xformer.trained.loading import tokenizer_dir
 
     tok_cfg = getattr(getattr(cfg, "data", None), "tokenizer", None)
     if tok_cfg is None:

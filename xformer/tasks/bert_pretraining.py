@@ -63,7 +63,7 @@ class BertPretrainingTask:
 def load_data(cfg: BertPretrainingConfig, tokenizer: str | None):
     """Cached examples (prepared on the first run); with ``tokenizer``, that vocabulary."""
     from xformer.data import prepare_pretraining_data
-    from xformer.init import check_sequence_length
+    from xformer.trained.init import check_sequence_length
 
     check_sequence_length(cfg.model, cfg.data.max_seq_len)  # before any data preparation
     data_cfg = cfg.data
@@ -74,7 +74,7 @@ def load_data(cfg: BertPretrainingConfig, tokenizer: str | None):
 
 def build(cfg: BertPretrainingConfig, data) -> Built:
     from xformer.data import MLMMasker
-    from xformer.init import init_from
+    from xformer.trained.init import init_from
 
     # the next-sentence head and pooler exist for the BERT objective only
     mcfg, vocab = cfg.model.model_copy(update={"nsp": cfg.data.objective == "mlm_nsp"}), len(data.tokenizer)
@@ -104,10 +104,10 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     import sys
 
     from xformer.data import MLMMasker, prepare_pretraining_data
-    from xformer.data.texts import TEXT_COLUMNS
+    from xformer.data.text.texts import TEXT_COLUMNS
     from xformer.distributed import pick_device
-    from xformer.evaluate import LABELLED_TEXTS, TEXTS, check_data, task_scores
-    from xformer.loading import load, tokenizer_dir
+    from xformer.trained.evaluate import LABELLED_TEXTS, TEXTS, check_data, task_scores
+    from xformer.trained.loading import load, tokenizer_dir
     from xformer.tasks import read_run_config
 
     cfg = read_run_config(run_dir)
@@ -145,7 +145,7 @@ def export(run_dir: Path, out_dir: Path) -> str:
     """Export as HF ModernBERT when the model is ModernBERT-shaped (rotary positions), else as HF BERT."""
     from xformer.interop.hf_bert import export_bert
     from xformer.interop.hf_modernbert import export_modernbert, is_modernbert
-    from xformer.loading import load, load_tokenizer
+    from xformer.trained.loading import load, load_tokenizer
 
     model = load(run_dir)
     if is_modernbert(model.config):

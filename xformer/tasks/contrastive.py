@@ -17,11 +17,11 @@ from xformer.config import (
     RunConfig,
     ZeroShotConfig,
 )
-from xformer.data.augment import normalize, random_hflip, random_resized_crop
+from xformer.data.image.augment import normalize, random_hflip, random_resized_crop
 from xformer.errors import XformerError
 from xformer.losses import contrastive_loss, contrastive_metrics
 from xformer.tasks.base import Built, TaskSpec
-from xformer.zeroshot import CIFAR10_TEMPLATES, preprocess, retrieval_eval, zeroshot_eval
+from xformer.trained.zeroshot import CIFAR10_TEMPLATES, preprocess, retrieval_eval, zeroshot_eval
 
 
 class ContrastiveConfig(RunConfig):
@@ -120,10 +120,10 @@ class ContrastiveTask:
 
 def load_data(cfg: ContrastiveConfig, tokenizer: str | None):
     """(caption pairs (images cached), (images, labels, class names) for zero-shot evaluation or None)."""
-    from xformer.data.captions import load_caption_data
-    from xformer.data.images import load_image_data
-    from xformer.loading import load_tokenizer
-    from xformer.zeroshot import check_class_names, check_templates
+    from xformer.data.image.captions import load_caption_data
+    from xformer.data.image.images import load_image_data
+    from xformer.trained.loading import load_tokenizer
+    from xformer.trained.zeroshot import check_class_names, check_templates
 
     if cfg.eval.templates is not None:
         check_templates(cfg.eval.templates, "eval.templates")
@@ -141,8 +141,8 @@ def load_data(cfg: ContrastiveConfig, tokenizer: str | None):
 
 def clip_model(mcfg: ClipConfig, vocab_size: int) -> tuple[nn.Module, ClipConfig]:
     """A fresh CLIP, a whole one from ``model.init``, or one whose towers start from ``model.vision.init``
-    (a ViT) / ``model.text.init`` (a BERT); with its resolved config (see :mod:`xformer.init`)."""
-    from xformer.init import init_from, load_source, load_weights, merge_config
+    (a ViT) / ``model.text.init`` (a BERT); with its resolved config (see :mod:`xformer.trained.init`)."""
+    from xformer.trained.init import init_from, load_source, load_weights, merge_config
     from xformer.models import CLIPModel
 
     if mcfg.init is not None:
@@ -173,7 +173,7 @@ def build(cfg: ContrastiveConfig, data) -> Built:
 
 def finish(cfg: ContrastiveConfig, data, built: Built, trainer, result: dict) -> None:
     if trainer.dist.is_main:
-        from xformer.checkpoint import atomic_write_text
+        from xformer.train.checkpoint import atomic_write_text
 
         atomic_write_text(trainer.run_dir / "eval_final.json", json.dumps(result["val"], indent=2))
 
@@ -183,8 +183,8 @@ def finish(cfg: ContrastiveConfig, data, built: Built, trainer, result: dict) ->
 
 def _load_run(run_dir: str | Path):
     """(model on the device, tokenize, image transform, device, config) of a CLIP run or checkpoint."""
-    from xformer.data.captions import Tokenize
-    from xformer.loading import load, load_tokenizer
+    from xformer.data.image.captions import Tokenize
+    from xformer.trained.loading import load, load_tokenizer
     from xformer.models import CLIPModel
     from xformer.tasks import read_run_config
 
@@ -200,7 +200,7 @@ def _load_run(run_dir: str | Path):
 
 
 def _write_scores(run_dir: Path, kind: str, source, count: int, scores: dict) -> None:
-    from xformer.checkpoint import atomic_write_text
+    from xformer.train.checkpoint import atomic_write_text
 
     name = Path(source if isinstance(source, str) else source[0]).stem.replace(":", "_")  # cifar10:train
     out = Path(run_dir) / f"{kind}_{name}.json"
@@ -213,8 +213,8 @@ def zeroshot_scores(run_dir: str | Path, source, split: str = "test", classes: l
                     batch_size: int = 256) -> tuple[dict, int]:
     """(zero-shot scores, number of images) of a trained run on a labelled image source; ``templates``
     default to the run's ``eval.templates``, else the CIFAR-10 ones."""
-    from xformer.data.images import load_image_data
-    from xformer.zeroshot import check_class_names, check_templates
+    from xformer.data.image.images import load_image_data
+    from xformer.trained.zeroshot import check_class_names, check_templates
 
     if templates is not None:
         check_templates(templates, "--template")
@@ -243,7 +243,7 @@ def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list
 def retrieval_scores(run_dir: str | Path, source, split: str = "test", max_images: int | None = None,
                      batch_size: int = 256) -> tuple[dict, int]:
     """(image-text recall@K, number of images) of a trained run on an image-caption source."""
-    from xformer.data.captions import CaptionDataset, _load_pairs
+    from xformer.data.image.captions import CaptionDataset, _load_pairs
     from xformer.data.cache import default_cache_dir
 
     model, tokenize, transform, device, cfg = _load_run(run_dir)
@@ -264,7 +264,7 @@ def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: 
 def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
     """``xformer eval``: zero-shot scores (``zs_``, with the run's ``eval.templates``) on labelled images,
     or image-text recall@K on image-caption pairs, as ``source`` holds; the first ``limit`` images."""
-    from xformer.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
+    from xformer.trained.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
 
     wants = "labelled images (zero-shot) or image-caption pairs (retrieval)"
     found = check_data(run_dir, "contrastive", source, split, (LABELLED_IMAGES, CAPTIONED_IMAGES), wants)
@@ -277,7 +277,7 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
 
 def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_clip import export_clip
-    from xformer.loading import load, load_tokenizer
+    from xformer.trained.loading import load, load_tokenizer
 
     export_clip(load(run_dir), out_dir, tokenizer=load_tokenizer(run_dir))
     return "transformers.CLIPModel"

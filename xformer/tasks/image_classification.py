@@ -38,7 +38,7 @@ class ImageClassificationTask:
         self.finetune, self.weight_decay = finetune, weight_decay
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        from xformer.finetune import finetune_param_groups
+        from xformer.train.finetune import finetune_param_groups
 
         return finetune_param_groups(model, self.finetune, self.weight_decay)
 
@@ -68,19 +68,19 @@ class ImageClassificationTask:
 
 def _augmenter(cfg: ImageClassificationConfig, num_classes: int, image_size: int | None):
     """Augmentation, then a resize to the model's input size (with an init, the checkpoint's)."""
-    from xformer.data.augment import Augmenter
+    from xformer.data.image.augment import Augmenter
 
     return Augmenter(cfg.augment, cfg.data.mean, cfg.data.std, num_classes, image_size)
 
 
 def load_data(cfg: ImageClassificationConfig, tokenizer: str | None):
-    from xformer.data.images import load_image_data
+    from xformer.data.image.images import load_image_data
 
     return load_image_data(cfg.data)
 
 
 def build(cfg: ImageClassificationConfig, data) -> Built:
-    from xformer.init import init_from
+    from xformer.trained.init import init_from
 
     num_classes = len(data.class_names)
     mcfg = cfg.model
@@ -99,7 +99,7 @@ def build(cfg: ImageClassificationConfig, data) -> Built:
 
 def finish(cfg: ImageClassificationConfig, data, built: Built, trainer, result: dict) -> None:
     """Per-class accuracy and the confusion matrix of the validation and test splits, into the run directory."""
-    from xformer.evaluate import classification_report, write_report
+    from xformer.trained.evaluate import classification_report, write_report
 
     if not trainer.dist.is_main:
         return
@@ -114,10 +114,10 @@ def finish(cfg: ImageClassificationConfig, data, built: Built, trainer, result: 
 def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
     """``xformer eval``: loss, accuracy, per-class accuracy and confusion matrix of the run's model on every
     image of ``source`` (the first ``limit``), whose classes must be the run's."""
-    from xformer.data.images import ImageDataset, load_image_data
+    from xformer.data.image.images import ImageDataset, load_image_data
     from xformer.distributed import pick_device
-    from xformer.evaluate import LABELLED_IMAGES, check_data, classification_report, run_classes
-    from xformer.loading import load
+    from xformer.trained.evaluate import LABELLED_IMAGES, check_data, classification_report, run_classes
+    from xformer.trained.loading import load
     from xformer.tasks import read_run_config
 
     cfg = read_run_config(run_dir)
@@ -145,7 +145,7 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
 
 def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_vit import export_vit
-    from xformer.loading import load
+    from xformer.trained.loading import load
     from xformer.models import ViTForImageClassification
 
     model = load(run_dir)

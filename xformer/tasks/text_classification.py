@@ -54,16 +54,16 @@ class TextClassificationTask:
 
 
 def load_data(cfg: TextClassificationConfig, tokenizer: str | None):
-    from xformer.data.texts import load_text_data
-    from xformer.init import check_sequence_length
-    from xformer.loading import load_tokenizer
+    from xformer.data.text.texts import load_text_data
+    from xformer.trained.init import check_sequence_length
+    from xformer.trained.loading import load_tokenizer
 
     check_sequence_length(cfg.model, cfg.data.max_seq_len)
     return load_text_data(cfg.data, load_tokenizer(tokenizer) if tokenizer else None)
 
 
 def build(cfg: TextClassificationConfig, data) -> Built:
-    from xformer.init import init_from
+    from xformer.trained.init import init_from
 
     mcfg = cfg.model.model_copy(update={"num_classes": len(data.class_names)})
     if mcfg.init is None:
@@ -82,10 +82,10 @@ def build(cfg: TextClassificationConfig, data) -> Built:
 def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
     """``xformer eval``: loss and accuracy of the run's classifier on the labelled texts of ``source`` (the
     first ``limit``), read as in training (its text / label columns) and mapped onto the run's classes."""
-    from xformer.data.texts import _tokenized, read_labelled_texts
+    from xformer.data.text.texts import _tokenized, read_labelled_texts
     from xformer.distributed import pick_device
-    from xformer.evaluate import LABELLED_TEXTS, check_data, run_classes, task_scores
-    from xformer.loading import load, load_tokenizer
+    from xformer.trained.evaluate import LABELLED_TEXTS, check_data, run_classes, task_scores
+    from xformer.trained.loading import load, load_tokenizer
     from xformer.tasks import read_run_config
 
     cfg = read_run_config(run_dir)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from xformer.checkpoint import atomic_write_text
+from xformer.train.checkpoint import atomic_write_text
 from xformer.config import RunConfig, Section, load_yaml
 from xformer.errors import XformerError
 

@@ -1,13 +1,13 @@
 """BERT pretraining data, prepared once in parallel shards and cached on disk: sentence pairs for MLM +
-NSP (``data.objective: mlm_nsp``, :mod:`xformer.data.sentence_pairs`) or packed full-length sequences
-for MLM alone (``mlm``, :mod:`xformer.data.packing`).
+NSP (``data.objective: mlm_nsp``, :mod:`xformer.data.text.sentence_pairs`) or packed full-length sequences
+for MLM alone (``mlm``, :mod:`xformer.data.text.packing`).
 
 The corpus is never held in memory. Its records are counted per file (Parquet: from the metadata) and
 ``data.val_documents`` of them, a seeded uniform choice by record number (:func:`held_out`; a blank
 record chosen holds no examples), are held out for validation. The tokenizer is trained on a bounded
-sample streamed from the training records (:func:`~xformer.data.tokenizer.tokenizer_sample`). Then
+sample streamed from the training records (:func:`~xformer.data.text.tokenizer.tokenizer_sample`). Then
 ``data.num_workers`` processes each read, tokenize and write shards of at most ``data.shard_documents``
-consecutive records; the held-out records are one more shard (:mod:`xformer.data.shards`: the layout,
+consecutive records; the held-out records are one more shard (:mod:`xformer.data.text.shards`: the layout,
 resuming after a kill, atomic publishing). For sentence pairs, the document of a random B is drawn
 from the same shard.
 """
@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerFast
 
 from xformer.config import DataConfig
 from xformer.data.cache import default_cache_dir, log
-from xformer.data.corpus import (
+from xformer.data.text.corpus import (
     CorpusPart,
     corpus_fingerprint,
     corpus_parts,
@@ -37,22 +37,22 @@ from xformer.data.corpus import (
     read_records,
     resolve_source,
 )
-from xformer.data.packing import PackedDataset, build_packed_shard, check_packed
-from xformer.data.sentence_pairs import (  # noqa: F401  (create_examples, _trim_counts re-exported)
+from xformer.data.text.packing import PackedDataset, build_packed_shard, check_packed
+from xformer.data.text.sentence_pairs import (  # noqa: F401  (create_examples, _trim_counts re-exported)
     PretrainingDataset,
     _trim_counts,
     build_nsp_shard,
     check_nsp_labels,
     create_examples,
 )
-from xformer.data.shards import (
+from xformer.data.text.shards import (
     ShardContext,
     plan_shards,
     publish_shards,
     run_shards,
     tokenize_documents,  # noqa: F401  (re-exported: callers import it from here)
 )
-from xformer.data.tokenizer import (
+from xformer.data.text.tokenizer import (
     build_tokenizer,
     tokenizer_cache_path,
     tokenizer_fingerprint,

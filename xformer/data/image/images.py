@@ -13,7 +13,7 @@ and mtimes and the settings that change the pixels, so a later run only maps the
 
     images.npy  (N, 3, H, W)  uint8
     labels.npy  (N,)          int64 | str   raw label values, mapped to class indices at load time
-                (N, K)        str           or up to K captions per image (see :mod:`xformer.data.captions`)
+                (N, K)        str           or up to K captions per image (see :mod:`xformer.data.image.captions`)
     meta.json                 class names (when the source names them), where it came from
 """
 
@@ -31,7 +31,7 @@ from PIL import Image
 
 from xformer.config import ImageDataConfig
 from xformer.data.cache import default_cache_dir, log, publish_dir
-from xformer.data.image_sources import RowReader, decode_image, open_reader
+from xformer.data.image.sources import RowReader, decode_image, open_reader
 from xformer.data.labels import class_label, require_two_classes
 from xformer.data.sources import Source, resolve
 from xformer.errors import XformerError

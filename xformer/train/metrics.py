@@ -61,7 +61,7 @@ class MetricsLog:
     """Appends records to ``metrics.jsonl`` (and wandb); on resume, records after the checkpoint are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None, wandb_run=None):
-        from xformer.checkpoint import atomic_write_text
+        from xformer.train.checkpoint import atomic_write_text
 
         self.path, self.wandb_run = path, wandb_run
         if resume_step is not None and path.exists():

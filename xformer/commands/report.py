@@ -16,8 +16,8 @@ from pathlib import Path
 
 from xformer.config import load_yaml
 from xformer.errors import XformerError
-from xformer.metrics import read_metrics
-from xformer.sweep import read_result
+from xformer.train.metrics import read_metrics
+from xformer.commands.sweep import read_result
 
 IGNORED_KEYS = ("out_dir", "sweep.", "train.progress")
 
@@ -41,7 +41,7 @@ def _number(value) -> float | None:
 def _param_count(run_dir: Path) -> int | None:
     from safetensors import SafetensorError, safe_open
 
-    from xformer.checkpoint import latest_checkpoint
+    from xformer.train.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:

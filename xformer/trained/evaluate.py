@@ -22,16 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xformer.checkpoint import atomic_write_text
+from xformer.train.checkpoint import atomic_write_text
 from xformer.data import catalog
-from xformer.data.captions import CAPTION_COLUMNS
-from xformer.data.image_sources import IMAGE_COLUMNS, _is_image_type
-from xformer.data.image_sources import LABEL_COLUMNS as IMAGE_LABEL_COLUMNS
+from xformer.data.image.captions import CAPTION_COLUMNS
+from xformer.data.image.sources import IMAGE_COLUMNS, _is_image_type
+from xformer.data.image.sources import LABEL_COLUMNS as IMAGE_LABEL_COLUMNS
 from xformer.data.sources import CORPUS_SUFFIXES, GLOB_CHARS, jsonl_records, load_hub, parquet_schema, resolve
-from xformer.data.texts import LABEL_COLUMNS as TEXT_LABEL_COLUMNS
-from xformer.data.texts import TEXT_COLUMNS
+from xformer.data.text.texts import LABEL_COLUMNS as TEXT_LABEL_COLUMNS
+from xformer.data.text.texts import TEXT_COLUMNS
 from xformer.errors import XformerError
-from xformer.metrics import finite_or_none
+from xformer.train.metrics import finite_or_none
 
 TEXTS = "texts without labels"
 LABELLED_TEXTS = "labelled texts"

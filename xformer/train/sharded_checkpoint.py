@@ -1,9 +1,9 @@
 """Sharded checkpoints of an FSDP run: the model and optimizer state as a ``torch.distributed.checkpoint``
 (DCP) directory ``dcp/`` (each process its shards; the manifest covers them too), next to the same full
 ``model.safetensors`` and ``config.yaml`` that ``xformer.load`` and export read, and a ``train_state.pt``
-whose ``optimizer`` is :data:`~xformer.checkpoint.OPTIMIZER_IN_DCP`. DCP reshards on load, so such a
+whose ``optimizer`` is :data:`~xformer.train.checkpoint.OPTIMIZER_IN_DCP`. DCP reshards on load, so such a
 checkpoint resumes on any number of processes, FSDP or not (:func:`load_sharded_checkpoint`, which also
-loads a full checkpoint into an FSDP model). Writing follows :mod:`xformer.checkpoint`'s rules.
+loads a full checkpoint into an FSDP model). Writing follows :mod:`xformer.train.checkpoint`'s rules.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from xformer.checkpoint import (
+from xformer.train.checkpoint import (
     DCP_DIR,
     _aliases,
     _complete,

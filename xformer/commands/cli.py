@@ -14,7 +14,7 @@ from xformer.errors import XformerError
 
 
 def run_recipe(args: argparse.Namespace, command: str) -> None:
-    from xformer.recipe import load_recipe
+    from xformer.commands.recipe import load_recipe
     from xformer.tasks import run
 
     cfg = load_recipe(args.recipe, args.set)
@@ -36,7 +36,7 @@ def _has_init(model_cfg) -> bool:
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
     from xformer.tasks.contrastive import zeroshot_run
-    from xformer.zeroshot import CIFAR10_TEMPLATES
+    from xformer.trained.zeroshot import CIFAR10_TEMPLATES
 
     zeroshot_run(args.run_dir, args.data, args.split, classes=args.classes, templates=args.template or CIFAR10_TEMPLATES,
                  max_images=args.max_images)
@@ -49,13 +49,13 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from xformer.sweep import sweep
+    from xformer.commands.sweep import sweep
 
     sweep(args.recipe, args.set, args.grid, args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from xformer.report import write_report
+    from xformer.commands.report import write_report
 
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else ".")
     print(f"report: {write_report(args.run_dirs, out)}")
@@ -72,7 +72,7 @@ def _run_task(run_dir: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from xformer.evaluate import metric_lines, save_eval
+    from xformer.trained.evaluate import metric_lines, save_eval
 
     spec = _run_task(args.run_dir)
     if spec is None or spec.evaluate is None:

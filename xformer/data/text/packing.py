@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from xformer.config import DataConfig
-from xformer.data.shards import ShardContext, ShardedDataset, TokenizedCorpus
+from xformer.data.text.shards import ShardContext, ShardedDataset, TokenizedCorpus
 from xformer.errors import XformerError
 
 

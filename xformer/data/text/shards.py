@@ -4,10 +4,10 @@ as one dataset.
 
 A training shard is a contiguous range of at most ``data.shard_documents`` corpus records of one file,
 less the held-out ones; all held-out records make one validation shard. A worker reads its records itself
-(:func:`~xformer.data.corpus.read_records`), so the parent never holds the text, tokenizes them
+(:func:`~xformer.data.text.corpus.read_records`), so the parent never holds the text, tokenizes them
 (:func:`tokenize_documents`) and hands the tokens to the objective's builder (sentence pairs:
-:func:`xformer.data.pretraining.build_nsp_shard`; packed sequences:
-:func:`xformer.data.packing.build_packed_shard`), which writes the shard's arrays. Every shard draws from
+:func:`xformer.data.text.pretraining.build_nsp_shard`; packed sequences:
+:func:`xformer.data.text.packing.build_packed_shard`), which writes the shard's arrays. Every shard draws from
 its own seed (from ``data.seed``, its split and its number), so the examples depend on the shards and
 never on how many processes built them.
 
@@ -48,7 +48,7 @@ from tokenizers import Tokenizer
 
 from xformer.config import DataConfig
 from xformer.data.cache import log
-from xformer.data.corpus import CorpusPart, read_records, split_sentences
+from xformer.data.text.corpus import CorpusPart, read_records, split_sentences
 from xformer.errors import XformerError
 
 SPLITS = ("train", "val")

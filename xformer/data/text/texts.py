@@ -27,7 +27,7 @@ from xformer.data.sources import (
     pick_column,
     resolve,
 )
-from xformer.data.tokenizer import build_tokenizer
+from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document")

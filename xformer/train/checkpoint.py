@@ -8,7 +8,7 @@ temporary files and raises XformerError. Damage that happens later (a truncated 
 is caught by the manifest: :func:`latest_checkpoint` skips damaged checkpoints with a warning.
 
 An FSDP run writes *sharded* checkpoints in the same layout plus a ``dcp/`` directory
-(:mod:`xformer.sharded_checkpoint`).
+(:mod:`xformer.train.sharded_checkpoint`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ summed over processes; otherwise every process builds the global micro-batch and
 
 With ``train.parallel=fsdp`` and several processes, the model is sharded per transformer block (FSDP2)
 instead of replicated (DDP); gradients are averaged over processes alike, so losses match, and
-checkpoints are sharded (DCP) and resume on any number of processes (see :mod:`xformer.sharded_checkpoint`).
+checkpoints are sharded (DCP) and resume on any number of processes (see :mod:`xformer.train.sharded_checkpoint`).
 
 A step whose loss or gradient norm is not finite stops training at the next log or save (one host
 sync there, none per step) with an error naming the step; no checkpoint is written after it.
@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xformer import distributed
-from xformer.checkpoint import (
+from xformer.train.checkpoint import (
     OPTIMIZER_IN_DCP,
     latest_checkpoint,
     load_checkpoint,
@@ -61,8 +61,8 @@ from xformer.checkpoint import (
 from xformer.config import RunConfig, TrainConfig
 from xformer.errors import XformerError
 from xformer.layers import blocks_of, configure_attention, set_activation_checkpointing
-from xformer.metrics import MetricsLog, start_wandb
-from xformer.sharded_checkpoint import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
+from xformer.train.metrics import MetricsLog, start_wandb
+from xformer.train.sharded_checkpoint import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

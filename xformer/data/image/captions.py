@@ -18,9 +18,9 @@ import torch
 
 from xformer.config import CaptionDataConfig, ImageDataConfig
 from xformer.data.cache import default_cache_dir, log
-from xformer.data.images import _load_source, _split_off, resolve_image_source
+from xformer.data.image.images import _load_source, _split_off, resolve_image_source
 from xformer.data.sources import Source, parquet_schema, pick_column
-from xformer.data.tokenizer import build_tokenizer
+from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "sentence")

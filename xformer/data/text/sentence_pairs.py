@@ -33,7 +33,7 @@ import torch
 
 from xformer.config import DataConfig
 from xformer.data.cache import log
-from xformer.data.shards import ShardContext, ShardedDataset, TokenizedCorpus
+from xformer.data.text.shards import ShardContext, ShardedDataset, TokenizedCorpus
 from xformer.errors import XformerError
 
 NSP_TOLERANCE = 0.1  # a measured random-B share further than this from data.nsp_random_prob is warned about

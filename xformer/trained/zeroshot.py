@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from xformer.data.augment import _resize, normalize
+from xformer.data.image.augment import _resize, normalize
 from xformer.errors import XformerError
 
 # CIFAR-10's class names and 18 prompt templates, as clip_benchmark (after OpenAI CLIP / SLIP) uses them.
@@ -154,7 +154,7 @@ def zeroshot_eval(model, images, labels, classes, templates, tokenize, transform
 
 
 def retrieval_eval(model, dataset, tokenize, transform, device, batch_size=256) -> dict:
-    """Recall@1/5/10 both ways on a :class:`~xformer.data.captions.CaptionDataset`."""
+    """Recall@1/5/10 both ways on a :class:`~xformer.data.image.captions.CaptionDataset`."""
     texts, owners = dataset.pairs()
     image_embeds = encode_images(model, dataset.images, transform, batch_size, device)
     text_embeds = encode_texts(model, texts, tokenize, batch_size, device)

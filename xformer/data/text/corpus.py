@@ -9,7 +9,7 @@ batches.
 - :func:`read_documents`: the non-blank documents as a list, for corpora that fit in memory.
 - :func:`corpus_parts` counts each file's records (Parquet from the file metadata, other files in one
   streaming pass) and :func:`read_records` streams any ranges of them, numbered across the corpus: how
-  the shards of BERT pretraining data are read in parallel (:mod:`xformer.data.shards`). A text or
+  the shards of BERT pretraining data are read in parallel (:mod:`xformer.data.text.shards`). A text or
   JSON-lines file is read from its start up to the last record asked for; Parquet skips to its row groups.
 - :func:`hub_corpus_files`: a hub corpus copied once to local Parquet, to be read like files.
 

@@ -28,7 +28,7 @@ FAMILIES: tuple[tuple[type[Section], type[Section], str], ...] = (
 
 def load_source(init: str, cfg: Section, key: str = "model.init") -> nn.Module:
     """The model ``init`` names, checked to be of the family that ``cfg`` starts from."""
-    from xformer.loading import load
+    from xformer.trained.loading import load
 
     source = load(init)
     family = next(((src, name) for target, src, name in FAMILIES if isinstance(cfg, target)), None)
@@ -42,7 +42,7 @@ def load_source(init: str, cfg: Section, key: str = "model.init") -> nn.Module:
 def check_sequence_length(cfg: Section, max_seq_len: int) -> None:
     """Sequences of ``data.max_seq_len`` must fit the position table of the model that ``cfg.init`` names
     (read from its config alone, before any data is prepared; a fresh model is checked by its run config)."""
-    from xformer.loading import load_config
+    from xformer.trained.loading import load_config
 
     if getattr(cfg, "init", None) is None:
         return

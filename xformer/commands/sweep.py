@@ -8,7 +8,7 @@ Each run ends with ``RUN/result.json`` (its final metrics, or ``"status": "faile
 rerun, a finished run is skipped when its saved ``config.yaml`` matches what the recipe now decides (and
 the rerun is refused when it does not), a failed one is retried and one that was cut short resumes from
 its last checkpoint: rerunning a sweep finishes it. A failing run does not stop the others; at the end
-the report (:mod:`xformer.report`) is written, then the failures are raised as one error.
+the report (:mod:`xformer.commands.report`) is written, then the failures are raised as one error.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 
 import yaml
 
-from xformer.checkpoint import atomic_write_text, latest_checkpoint
+from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
 from xformer.config import load_yaml
 from xformer.errors import XformerError
-from xformer.metrics import finite_or_none
-from xformer.recipe import parse_override, set_path
-from xformer.run_dir import config_diff, prepare_dir, recipe_tree, saved_config
+from xformer.train.metrics import finite_or_none
+from xformer.commands.recipe import parse_override, set_path
+from xformer.train.run_dir import config_diff, prepare_dir, recipe_tree, saved_config
 from xformer.tasks import parse_config
 
 
@@ -210,7 +210,7 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
     """Run (or finish) the sweep one run at a time; each run's output goes to ``RUN_DIR/train.log``.
     Returns the sweep directory, which then holds ``report.md`` and the plots; XformerError after the
     report when some runs failed."""
-    from xformer.report import write_report
+    from xformer.commands.report import write_report
     from xformer.tasks import run
 
     root, runs = expand(recipe, overrides, grid, out_dir)

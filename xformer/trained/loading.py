@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_model
 from torch import nn
 
-from xformer.checkpoint import latest_checkpoint
+from xformer.train.checkpoint import latest_checkpoint
 from xformer.config import Section, load_yaml, model_config
 from xformer.errors import XformerError
 from xformer.models import build_model

@@ -1,0 +1,1 @@
+"""The user's commands: the ``xformer`` CLI, recipes (defaults + file + overrides), sweeps and reports."""
