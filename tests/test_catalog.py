@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from xformer.commands.cli import main as xformer_main
-from xformer.config import ImageDataConfig
+from xformer.data.configs import ImageDataConfig
 from xformer.data import catalog
 from xformer.data.text.corpus import read_documents
 from xformer.data.image.images import load_image_data
-from xformer.data.sources import load_hub, resolve, source_fingerprint
+from xformer.data.readers import load_hub
+from xformer.data.sources import resolve, source_fingerprint
 from xformer.errors import XformerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def test_hub_failure_for_a_name_says_how_to_fetch(online, monkeypatch):
     src = resolve("sst2", "data.val_source", split="validation")
     assert (src.kind, src.name, src.split) == ("hub", "sst2", "validation")
     with pytest.raises(XformerError) as err:
-        load_hub(src)
+        load_hub(src.key, src.name, src.split)
     msg = str(err.value)
     assert msg.startswith("data.val_source 'sst2': no validation split") and "\n" not in msg
     assert "the HF hub failed (Couldn't reach 'stanfordnlp/sst2' on the Hub)" in msg and "fetch.py sst2" in msg

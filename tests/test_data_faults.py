@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from xformer.config import (
+from xformer.data.configs import (
     CaptionDataConfig,
     DataConfig,
     ImageDataConfig,
     TextClassificationDataConfig,
     TokenizerConfig,
 )
-from xformer.data.image.captions import _load_pairs
+from xformer.data.image.captions import load_pairs
 from xformer.data.text.corpus import read_documents
 from xformer.data.image.images import load_image_data
 from xformer.data.text.pretraining import prepare_pretraining_data
@@ -123,7 +123,7 @@ def test_not_parquet_in_every_reader(tmp_path, fake_parquet):
     loaders = {
         "corpus": lambda: read_documents(str(fake_parquet)),
         "images": lambda: load_image_data(ImageDataConfig(source=str(fake_parquet)), tmp_path / "cache"),
-        "captions": lambda: _load_pairs(str(fake_parquet), "train", "data.source", CaptionDataConfig(),
+        "captions": lambda: load_pairs(str(fake_parquet), "train", "data.source", CaptionDataConfig(),
                                         tmp_path / "cache"),
         "labelled texts": lambda: read_labelled_texts(str(fake_parquet), "train", text_cfg(fake_parquet),
                                                       "data.source"),
@@ -192,7 +192,7 @@ def test_labelled_text_column_that_is_not_text(tmp_path):
 def test_caption_column_that_is_not_text(tmp_path):
     path = images_parquet(tmp_path / "p.parquet", [0, 1], extra={"captions": [3, 4]})
     with pytest.raises(XformerError) as err:
-        _load_pairs(str(path), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
+        load_pairs(str(path), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
     one_line(err, "p.parquet row 0", "'captions' holds int values, not caption text; set data.caption_column")
 
 
@@ -265,14 +265,14 @@ def test_blank_texts_are_dropped_with_one_warning(tmp_path, capsys):
 def test_blank_captions_are_missing_and_captionless_images_dropped(tmp_path, capsys):
     captions = [["a red square", "   "], ["", None], ["blue", "the colour blue"], None]
     path = images_parquet(tmp_path / "pairs.parquet", [0, 1, 2, 3], extra={"captions": captions})
-    images, caps = _load_pairs(str(path), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
+    images, caps = load_pairs(str(path), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
     assert caps.tolist() == [["a red square", ""], ["blue", "the colour blue"]]
     assert images[:, 0, 0, 0].tolist() == [0, 2]  # the images of rows 0 and 2
     warnings = [line for line in capsys.readouterr().err.splitlines() if "dropped" in line]
     assert len(warnings) == 1 and "dropped 2 of 4 images with no caption" in warnings[0]
     none = images_parquet(tmp_path / "none.parquet", [0, 1], extra={"captions": [" ", ""]})
     with pytest.raises(XformerError) as err:
-        _load_pairs(str(none), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
+        load_pairs(str(none), "train", "data.source", CaptionDataConfig(), tmp_path / "cache")
     one_line(err, "none.parquet", "no image has a caption")
 
 

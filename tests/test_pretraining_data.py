@@ -13,9 +13,9 @@ from transformers import AutoTokenizer
 import xformer.data.text.pretraining as pretraining
 import xformer.data.text.shards as shards
 import xformer.data.text.tokenizer as tokenizer_module
-from xformer.config import DataConfig, TokenizerConfig
+from xformer.data.configs import DataConfig, TokenizerConfig
 from xformer.data import PretrainingData, prepare_pretraining_data, split_sentences
-from xformer.data.text.pretraining import _trim_counts
+from xformer.data.text.sentence_pairs import trim_counts
 from xformer.errors import XformerError
 
 WIKI = Path(__file__).parents[1] / "../shared/data/wiki"
@@ -173,7 +173,7 @@ def test_trim_counts_match_bert_token_by_token_truncation():
                         a -= 1
                     else:
                         b -= 1
-                assert _trim_counts(len_a, len_b, target) == (len_a - a, len_b - b)
+                assert trim_counts(len_a, len_b, target) == (len_a - a, len_b - b)
 
 
 def test_errors(tmp_path, corpus_file):

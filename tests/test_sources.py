@@ -11,19 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xformer.config import DataConfig
+from xformer.data.configs import DataConfig
 from xformer.data.cache import default_cache_dir, publish_dir
-from xformer.data.sources import (
-    IMAGE_SUFFIXES,
-    Source,
-    jsonl_records,
-    load_hub,
-    parquet_batches,
-    pick_column,
-    read_text,
-    resolve,
-    source_fingerprint,
-)
+from xformer.data.readers import IMAGE_SUFFIXES, load_hub
+from xformer.data.readers.columns import pick_column
+from xformer.data.readers.jsonl import JsonLinesReader
+from xformer.data.readers.parquet import ParquetReader
+from xformer.data.readers.text import TextReader
+from xformer.data.sources import resolve, source_fingerprint
 from xformer.errors import XformerError
 
 
@@ -107,28 +102,28 @@ def test_pick_column_configured_or_first_candidate():
 def test_parquet_batches_and_corrupt_data(tmp_path):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"a": list(range(3000)), "b": ["x"] * 3000}), path, compression="snappy")
-    batches = list(parquet_batches(path, ["a"]))
-    assert sum(len(b) for b in batches) == 3000 and batches[0].schema.names == ["a"]
+    batches = list(ParquetReader(path).batches(["a"]))
+    assert sum(len(b["a"]) for b in batches) == 3000 and list(batches[0]) == ["a"]
     data = bytearray(path.read_bytes())
     for i in range(100, len(data) // 2, 7):  # scramble the data pages, keep the footer
         data[i] ^= 0x5A
     path.write_bytes(bytes(data))
     with pytest.raises(XformerError, match=r"t.parquet: (corrupt Parquet data|not a Parquet file)"):
-        list(parquet_batches(path, ["a", "b"]))
+        list(ParquetReader(path).batches(["a", "b"]))
 
 
 def test_text_and_jsonl_readers(tmp_path):
     path = touch(tmp_path / "a.txt", "\ufeffhello\n")
-    assert read_text(path) == "hello\n"  # the BOM is dropped
+    assert list(TextReader(path).documents()) == ["hello\n"]  # the BOM is dropped
     lines = tmp_path / "b.jsonl"
     lines.write_text('{"a": 1}\n\n{"a": 2}\n')
-    assert list(jsonl_records(lines)) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert list(JsonLinesReader(lines).records()) == [(1, {"a": 1}), (3, {"a": 2})]
     lines.write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(XformerError, match=r"b.jsonl line 2: not a JSON object per line \(a list\)"):
-        list(jsonl_records(lines))
+        list(JsonLinesReader(lines).records())
     lines.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(XformerError, match="b.jsonl line 2: not a JSON object per line"):
-        list(jsonl_records(lines))
+        list(JsonLinesReader(lines).records())
 
 
 def test_hub_loader_offline_message(monkeypatch):
@@ -139,7 +134,7 @@ def test_hub_loader_offline_message(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(XformerError) as err:
-        load_hub(Source("data.val_source", "hub", name="owner/set", split="dev"), example="x/train.parquet")
+        load_hub("data.val_source", "owner/set", "dev", example="x/train.parquet")
     msg = str(err.value)
     assert msg.startswith("data.val_source 'owner/set': not a local path, and the HF hub is unreachable")
     assert "load_dataset('owner/set', split='dev').to_parquet('owner_set.parquet')" in msg

@@ -1,12 +1,12 @@
-"""Where data comes from: one resolver for every ``data.*source`` value, the column picker, file readers
-and the HF hub loader.
+"""Where data comes from: one resolver for every ``data.*source`` value, and the readers of what it names.
 
 A source value is a string or a list of them, each a local file, a folder (its files with an accepted
 suffix, recursively) or a glob; or, alone, a catalogue name (``wikipedia``, ``cifar10``, ``sst2:validation``;
 see :mod:`xformer.data.catalog`), an HF hub dataset name (``wikitext``, ``owner/name``), or (for image
 sources) a folder with one sub-folder of images per class. An existing path or a glob is never a name.
-Every reader turns malformed input (not UTF-8, not Parquet, a missing column) into a one-line
-:class:`~xformer.errors.XformerError` that names the file.
+:func:`open_readers` gives the readers of a resolved source (:mod:`xformer.data.readers`: one per file,
+chosen by suffix, or the folder's or the hub split's); every reader turns malformed input (not UTF-8, not
+Parquet, a missing column) into a one-line :class:`~xformer.errors.XformerError` that names the file.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ import glob
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from xformer.data import catalog
+from xformer.data.readers import DATA_SUFFIXES, IMAGE_SUFFIXES, FolderReader, HubReader, Reader, reader_for
 from xformer.errors import XformerError
 
-CORPUS_SUFFIXES = (".parquet", ".txt", ".text", ".jsonl", ".json")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GLOB_CHARS = "*?["
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "wikitext" or "owner/name"
 
@@ -51,7 +47,7 @@ class Source:
 
 
 def _is_hub_name(entry: str) -> bool:
-    return HUB_NAME.match(entry) is not None and Path(entry).suffix.lower() not in CORPUS_SUFFIXES + IMAGE_SUFFIXES
+    return HUB_NAME.match(entry) is not None and Path(entry).suffix.lower() not in DATA_SUFFIXES + IMAGE_SUFFIXES
 
 
 def _accepted(path: Path, suffixes: tuple[str, ...]) -> bool:
@@ -107,7 +103,7 @@ def _named(entry: str, key: str, split: str) -> Source | None:
 def resolve(
     source: str | list[str],
     key: str = "data.source",
-    suffixes: tuple[str, ...] = CORPUS_SUFFIXES,
+    suffixes: tuple[str, ...] = DATA_SUFFIXES,
     split: str = "train",
     image_folder: bool = False,
 ) -> Source:
@@ -151,164 +147,27 @@ def source_fingerprint(source: str | list[str], split: str = "train", key: str =
     """A short stable hash of what ``source`` (the value of ``key``) names: every data file it covers
     (paths, sizes, mtimes; for a folder, all its data and image files), or the hub name and ``split``.
     Reads no data."""
-    src = resolve(source, key, CORPUS_SUFFIXES + IMAGE_SUFFIXES, split)
+    src = resolve(source, key, DATA_SUFFIXES + IMAGE_SUFFIXES, split)
     identity = ["hub", src.name, src.split] if src.kind == "hub" else file_stats(src.files)
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- columns
+def open_readers(src: Source, example: str | None = None) -> list[Reader]:
+    """The readers of ``src``, in order: one per file (by suffix), the image folder's, or the hub split's
+    (loaded now; ``example`` is a local file to suggest in the error when the hub does not answer)."""
+    if src.kind == "hub":
+        return [HubReader(src.key, src.name, src.split, example)]
+    if src.kind == "folder":
+        return [FolderReader(Path(src.name), src.files)]
+    return [reader_for(path) for path in src.files]
 
 
-def pick_column(
-    names: list[str], configured: str | None, candidates: Iterable[str], option: str, where: str,
-    field_name: str = "column",
-) -> str:
-    """The column ``configured`` by ``data.<option>`` (an error if absent), else the first of ``candidates``
-    that ``names`` holds. ``where`` names the file or dataset; ``field_name`` is "key" for JSON records."""
-    plural = "keys" if field_name == "key" else "columns"
-    if configured is not None:
-        if configured not in names:
-            raise XformerError(
-                f"{where}: no {field_name} {configured!r} ({plural}: {', '.join(names)}); set data.{option}"
-            )
-        found = configured
-    else:
-        found = next((c for c in candidates if c in names), None)
-        if found is None:
-            what = option.removesuffix("_column")
-            raise XformerError(
-                f"{where}: no {what} {field_name} found ({plural}: {', '.join(names)}); set data.{option}"
-            )
-    if names.count(found) > 1:
-        raise XformerError(f"{where}: {names.count(found)} {plural} are named {found!r}; rename all but one")
-    return found
-
-
-def _not_text(column: str, where: str, type_name: str, option: str) -> XformerError:
-    return XformerError(f"column {column!r} of {where} holds {type_name} values, not text; set data.{option}")
-
-
-def check_text_type(dtype: pa.DataType, column: str, where: str, option: str) -> None:
-    """Raise unless the Arrow ``dtype`` of ``column`` holds strings (or only nulls)."""
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    if not (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_null(dtype)
-            or pa.types.is_string_view(dtype)):
-        raise _not_text(column, where, str(dtype), option)
-
-
-def check_text_values(values: list, column: str, where: str, option: str) -> None:
-    """Raise unless every value of ``column`` is a string or None (JSON records, hub datasets)."""
-    bad = next((v for v in values if v is not None and not isinstance(v, str)), None)
-    if bad is not None:
-        raise _not_text(column, where, type(bad).__name__, option)
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
-def _read_error(path: Path, err: OSError) -> XformerError:
-    return XformerError(f"{path}: cannot read the file ({err.strerror or err})")
-
-
-def _unicode_error(path: Path, err: UnicodeDecodeError, offset: str = "") -> XformerError:
-    return XformerError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x}{offset})")
-
-
-def open_parquet(path: Path) -> pq.ParquetFile:
-    """``path`` opened as Parquet; an error naming the file if it is not Parquet or cannot be read."""
-    try:
-        return pq.ParquetFile(path)
-    except OSError as err:
-        if err.errno is not None:  # the OS refused: missing, no permission
-            raise _read_error(path, err) from None
-        raise XformerError(f"{path}: not a Parquet file ({_first_line(err)})") from None
-    except pa.ArrowException as err:
-        raise XformerError(f"{path}: not a Parquet file ({_first_line(err)})") from None
-
-
-def parquet_schema(path: Path) -> pa.Schema:
-    """The Arrow schema of a Parquet file, with its metadata."""
-    return open_parquet(path).schema_arrow
-
-
-def parquet_batches(path: Path, columns: list[str], batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
-    """The ``columns`` of a Parquet file in record batches, validated; corrupt data is an error naming the file."""
-    pf = open_parquet(path)
-    try:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            batch.validate(full=True)  # e.g. strings that are not UTF-8, which Parquet readers pass through
-            yield batch
-    except (OSError, pa.ArrowException) as err:
-        raise XformerError(f"{path}: corrupt Parquet data ({_first_line(err)})") from None
-
-
-def read_text(path: Path) -> str:
-    """A whole text file; an error naming the file if it is not UTF-8 text (a leading BOM is dropped)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _unicode_error(path, err, f" at offset {err.start}") from None
-    except OSError as err:
-        raise _read_error(path, err) from None
-    if "\x00" in text:
-        raise XformerError(f"{path}: not UTF-8 text (binary data: a NUL character at offset {text.index(chr(0))})")
-    return text
-
-
-def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSON-lines file, read as a stream."""
-    try:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as err:
-                    raise _unicode_error(path, err, f" in line {lineno}") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise XformerError(f"{path} line {lineno}: not a JSON object per line ({err.msg})") from None
-                if not isinstance(record, dict):
-                    kind = type(record).__name__
-                    raise XformerError(f"{path} line {lineno}: not a JSON object per line (a {kind})")
-                yield lineno, record
-    except OSError as err:
-        raise _read_error(path, err) from None
-
-
-# ----------------------------------------------------------------------------- the HF hub
-
-
-def load_hub(src: Source, example: str | None = None):
-    """``datasets.load_dataset(name, split=split)`` for a hub source (for a catalogue name, its hub copy with
-    the local columns; an ``IterableDataset`` if it streams); when that fails (no network, no such dataset or
-    split) a one-line error telling how to get local files, ``example`` being one for the key."""
-    import datasets
-
-    dataset = catalog.CATALOG.get(src.name)
-    if dataset is not None:
-        try:
-            return catalog.load_from_hub(dataset, src.split)
-        except Exception as err:  # no network, hub trouble: the user's fix is to fetch it
-            why = f"the HF hub failed ({_first_line(err)})"
-            raise catalog.not_found(src.key, src.name, dataset, src.split, why) from None
-    try:
-        return datasets.load_dataset(src.name, split=src.split)
-    except Exception as err:  # no network, no such dataset or split: the user's fix is the same
-        local = src.name.replace("/", "_") + ".parquet"
-        fix = (f"download it where the hub is reachable with datasets.load_dataset({src.name!r}, "
-               f"split={src.split!r}).to_parquet({local!r}) and pass the local path")
-        if example is not None:
-            fix += f", e.g. {src.key}={example}"
-        raise XformerError(
-            f"{src.key} {src.name!r}: not a local path, and the HF hub is unreachable or has no such "
-            f"dataset/split ({_first_line(err)}); {fix}"
-        ) from None
+def source_columns(source: str | list[str], split: str = "train", key: str = "--data") -> tuple[list[str], set[str]]:
+    """(column names, those holding encoded images) of the first file of ``source``, a catalogue set's
+    columns (reading nothing), an image folder's or a hub split's. Reads no rows."""
+    src = resolve(source, key, DATA_SUFFIXES, split, image_folder=True)
+    named = catalog.parse(src.name) if src.kind == "hub" else None
+    if named is not None:  # every copy of a catalogue set has its columns
+        return list(named[0].columns), set()
+    reader = open_readers(src)[0]
+    return reader.columns, reader.image_columns

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from xformer.data.image.augment import _resize, normalize
+from xformer.data.image.augment import normalize, resize
 from xformer.errors import XformerError
 
 # CIFAR-10's class names and 18 prompt templates, as clip_benchmark (after OpenAI CLIP / SLIP) uses them.
@@ -33,7 +33,7 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def preprocess(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, C, H, W) -> normalised float (B, C, size, size), resized bilinearly (antialiased)."""
-    return normalize(_resize(images.float() / 255, size), mean, std)
+    return normalize(resize(images.float() / 255, size), mean, std)
 
 
 @torch.no_grad()

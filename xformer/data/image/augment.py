@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xformer.config import AugmentConfig
+from xformer.data.configs import AugmentConfig
 
 Tensor = torch.Tensor
 
@@ -361,7 +361,8 @@ def soft_targets(labels: Tensor, num_classes: int, smoothing: float = 0.0) -> Te
     return F.one_hot(labels.long(), num_classes).float() * (1 - smoothing) + smoothing / num_classes
 
 
-def _resize(x: Tensor, size: int | None) -> Tensor:
+def resize(x: Tensor, size: int | None) -> Tensor:
+    """Images (B, C, H, W) float resized (bilinear, antialiased) to (B, C, size, size); as they are for None."""
     if size is None or x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -396,10 +397,10 @@ class Augmenter:
             x = trivial_augment(x, generator, rows=rows)
         elif cfg.policy == "randaugment":
             x = rand_augment(x, generator, cfg.randaugment_ops, cfg.magnitude, rows=rows)
-        x = normalize(_resize(x, self.image_size), self.mean, self.std)  # (B, C, S, S)
+        x = normalize(resize(x, self.image_size), self.mean, self.std)  # (B, C, S, S)
         targets = soft_targets(labels.to(x.device), self.num_classes, cfg.label_smoothing)  # (B, K)
         return mixup_cutmix(x, targets, generator, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob, rows)
 
     def eval(self, pixel_values: Tensor) -> Tensor:
         """uint8 (B, C, H, W) -> normalised float (B, C, S, S); nothing random."""
-        return normalize(_resize(_as_float(pixel_values), self.image_size), self.mean, self.std)
+        return normalize(resize(_as_float(pixel_values), self.image_size), self.mean, self.std)

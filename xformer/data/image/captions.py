@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xformer.config import CaptionDataConfig, ImageDataConfig
+from xformer.data.configs import CaptionDataConfig, ImageDataConfig
 from xformer.data.cache import default_cache_dir, log
-from xformer.data.image.images import _load_source, _split_off, resolve_image_source
-from xformer.data.sources import Source, parquet_schema, pick_column
+from xformer.data.image.images import load_source, resolve_image_source, split_off
+from xformer.data.sources import Source, open_readers
 from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
@@ -89,24 +89,20 @@ class CaptionData:
     tokenize: Tokenize
 
 
-def _caption_column(src: Source, cfg: CaptionDataConfig, key: str) -> str:
-    """The configured caption column, else the first of CAPTION_COLUMNS that a Parquet source has."""
-    if src.kind == "folder":
-        raise XformerError(f"{key} {src.name!r}: an image folder has no captions; use Parquet or an HF dataset")
-    if src.kind == "hub":
-        return cfg.caption_column or CAPTION_COLUMNS[0]
-    names = parquet_schema(src.files[0]).names
-    return pick_column(names, cfg.caption_column, CAPTION_COLUMNS, "caption_column", str(src.files[0]))
+def _caption_column(src: Source, cfg: CaptionDataConfig) -> str:
+    """The configured caption column, else the first of CAPTION_COLUMNS that the source's first file (or
+    its hub split) has; an image folder has none."""
+    return open_readers(src)[0].pick(cfg.caption_column, CAPTION_COLUMNS, "caption_column")
 
 
-def _load_pairs(source, split: str, key: str, cfg: CaptionDataConfig, root: Path) -> tuple[torch.Tensor, np.ndarray]:
+def load_pairs(source, split: str, key: str, cfg: CaptionDataConfig, root: Path) -> tuple[torch.Tensor, np.ndarray]:
     """Images (N, 3, H, W) uint8 and captions (N, K) str of a source ("" where a row has fewer than K).
     Blank captions count as missing; images left with none are dropped, with a warning."""
     src = resolve_image_source(source, key, split)
     image_cfg = ImageDataConfig(source=source, split=split, image_column=cfg.image_column,
-                                label_column=_caption_column(src, cfg, key), image_size=cfg.image_size,
+                                label_column=_caption_column(src, cfg), image_size=cfg.image_size,
                                 max_images=cfg.max_images)
-    images, raw, _ = _load_source(src, image_cfg, root, captions=True)
+    images, raw, _ = load_source(src, image_cfg, root, captions=True)
     if raw.dtype.kind != "U":
         raise XformerError(f"{key}: column {image_cfg.label_column!r} holds {raw.dtype} values, not caption strings")
     captions = raw.reshape(len(raw), -1)
@@ -128,15 +124,15 @@ def load_caption_data(cfg: CaptionDataConfig, tokenizer=None, cache_dir: Path | 
     if cfg.source is None:
         raise XformerError("data.source is required: Parquet files/globs or an HF dataset name")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(cfg)
-    images, captions = _load_pairs(cfg.source, cfg.split, "data.source", cfg, root)
+    images, captions = load_pairs(cfg.source, cfg.split, "data.source", cfg, root)
     val = None
     if cfg.val_source is not None or cfg.val_split is not None:
-        val = _load_pairs(cfg.val_source or cfg.source, cfg.val_split or "validation", "data.val_source", cfg, root)
+        val = load_pairs(cfg.val_source or cfg.source, cfg.val_split or "validation", "data.val_source", cfg, root)
         if val[0].shape[1:] != images.shape[1:]:
             raise XformerError(f"data.val_source: images are {tuple(val[0].shape[1:])} but training images are "
                                f"{tuple(images.shape[1:])}; set data.image_size")
     elif cfg.val_size:
-        train_rows, val_rows = _split_off(len(images), cfg.val_size, cfg.seed, "data.source")
+        train_rows, val_rows = split_off(len(images), cfg.val_size, cfg.seed, "data.source")
         val = images[torch.from_numpy(val_rows)], captions[val_rows]
         images, captions = images[torch.from_numpy(train_rows)], captions[train_rows]
     if tokenizer is None:

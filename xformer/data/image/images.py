@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xformer.config import ImageDataConfig
+from xformer.data.configs import ImageDataConfig
 from xformer.data.cache import default_cache_dir, log, publish_dir
-from xformer.data.image.sources import RowReader, decode_image, open_reader
+from xformer.data.image.sources import RowReader, decode_image, open_rows
 from xformer.data.labels import class_label, require_two_classes
+from xformer.data.readers import IMAGE_TABLE_SUFFIXES
 from xformer.data.sources import Source, resolve
 from xformer.errors import XformerError
 
@@ -43,7 +44,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompression
 
 def resolve_image_source(source: str | list[str], key: str, split: str) -> Source:
     """Parquet files, a class-per-sub-folder image folder or an HF hub split, as ``key`` names them."""
-    return resolve(source, key, (".parquet",), split, image_folder=True)
+    return resolve(source, key, IMAGE_TABLE_SUFFIXES, split, image_folder=True)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -131,11 +132,11 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: 
     (path / "meta.json").write_text(json.dumps({"count": reader.count, "class_names": reader.class_names}, indent=2))
 
 
-def _load_source(
+def load_source(
     src: Source, cfg: ImageDataConfig, root: Path, captions: bool = False
 ) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
     """(images (N, 3, H, W) uint8, raw labels (N,) or captions, class names or None) of a source, via the cache."""
-    reader = open_reader(src, cfg, cfg.max_images)
+    reader = open_rows(src, cfg, cfg.max_images)
     if reader.count == 0:
         raise XformerError(f"{src.key} {src.described!r}: no images")
     settings = [FORMAT_VERSION, reader.identity, cfg.image_size, cfg.max_images]
@@ -184,7 +185,7 @@ def _class_indices(
     return torch.from_numpy(np.asarray([lookup[v] for v in values], np.int64)[inverse.reshape(-1)])
 
 
-def _split_off(n: int, val_size: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+def split_off(n: int, val_size: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
     """A fixed, seeded choice of ``val_size`` of ``n`` rows: (train rows, val rows), disjoint and sorted."""
     if val_size >= n:
         raise XformerError(
@@ -224,11 +225,11 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None, *, for_
     val_src = other(cfg.val_source, cfg.val_split, "validation", "val")
     test_src = other(cfg.test_source, cfg.test_split, "test", "test")
 
-    images, raw, names = _load_source(train_src, cfg, root)
+    images, raw, names = load_source(train_src, cfg, root)
     classes = names if names is not None else np.unique(raw).tolist()
     labels = _class_indices(raw, names, classes, names is not None, train_src.key)
     if val_src is None:
-        rows = _split_off(len(labels), cfg.val_size, cfg.seed, train_src.key)
+        rows = split_off(len(labels), cfg.val_size, cfg.seed, train_src.key)
         train_rows, val_rows = (torch.from_numpy(r) for r in rows)
         train = ImageDataset(images[train_rows], labels[train_rows])
         val = ImageDataset(images[val_rows], labels[val_rows]) if cfg.val_size else None
@@ -247,7 +248,7 @@ def _other_split(
     src: Source, cfg: ImageDataConfig, root: Path, classes: list, train_named: bool, shape: torch.Size
 ) -> ImageDataset:
     """A validation or test source, its labels mapped onto the training classes."""
-    images, raw, names = _load_source(src, cfg, root)
+    images, raw, names = load_source(src, cfg, root)
     if images.shape[1:] != shape:
         raise XformerError(
             f"{src.key}: images are {tuple(images.shape[1:])} but training images are {tuple(shape)}; "

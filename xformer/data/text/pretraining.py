@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-from xformer.config import DataConfig
+from xformer.data.configs import DataConfig
 from xformer.data.cache import default_cache_dir, log
 from xformer.data.text.corpus import (
     CorpusPart,
@@ -38,9 +38,8 @@ from xformer.data.text.corpus import (
     resolve_source,
 )
 from xformer.data.text.packing import PackedDataset, build_packed_shard, check_packed
-from xformer.data.text.sentence_pairs import (  # noqa: F401  (create_examples, _trim_counts re-exported)
+from xformer.data.text.sentence_pairs import (  # noqa: F401  (create_examples re-exported)
     PretrainingDataset,
-    _trim_counts,
     build_nsp_shard,
     check_nsp_labels,
     create_examples,

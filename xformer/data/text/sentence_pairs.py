@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xformer.config import DataConfig
+from xformer.data.configs import DataConfig
 from xformer.data.cache import log
 from xformer.data.text.shards import ShardContext, ShardedDataset, TokenizedCorpus
 from xformer.errors import XformerError
@@ -39,7 +39,7 @@ from xformer.errors import XformerError
 NSP_TOLERANCE = 0.1  # a measured random-B share further than this from data.nsp_random_prob is warned about
 
 
-def _trim_counts(len_a: int, len_b: int, target: int) -> tuple[int, int]:
+def trim_counts(len_a: int, len_b: int, target: int) -> tuple[int, int]:
     """Tokens to remove from A and B so that len_a + len_b <= target.
 
     Equal to removing one token at a time from the longer segment (from B on a tie), as BERT does.
@@ -103,7 +103,7 @@ def create_examples(
                 else:  # a one-sentence chunk and no other document to pair it with
                     chunk_start, chunk_len, target = i, 0, draw_target()
                     continue
-                cut_a, cut_b = _trim_counts(a1 - a0, b1 - b0, target)
+                cut_a, cut_b = trim_counts(a1 - a0, b1 - b0, target)
                 front_a = bin(rng.getrandbits(cut_a)).count("1")  # each cut from the front w.p. 1/2
                 front_b = bin(rng.getrandbits(cut_b)).count("1")
                 a0, a1 = a0 + front_a, a1 - (cut_a - front_a)

@@ -1,6 +1,6 @@
 """Labelled texts for sequence classification (e.g. SST-2): read, checked, tokenized once.
 
-A source is Parquet or JSON-lines files (a text column and a label column, auto-detected or named by
+A source is Parquet, JSON-lines, CSV or TSV files (a text column and a label column, auto-detected or named by
 ``data.text_column`` / ``data.label_column``) or an HF dataset name. Texts are tokenized once
 (``[CLS] text [SEP]``, truncated to ``data.max_seq_len``); each batch is cut to its longest sequence.
 Rows whose text is empty or blank are dropped with a warning; labels must be integers or strings.
@@ -14,25 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xformer.config import TextClassificationDataConfig
+from xformer.data.configs import TextClassificationDataConfig
 from xformer.data.cache import default_cache_dir, log
 from xformer.data.labels import class_labels, require_two_classes
-from xformer.data.sources import (
-    check_text_type,
-    check_text_values,
-    jsonl_records,
-    load_hub,
-    parquet_batches,
-    parquet_schema,
-    pick_column,
-    resolve,
-)
+from xformer.data.readers import TABLE_SUFFIXES, Reader
+from xformer.data.sources import open_readers, resolve
 from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "target", "class")
-TEXT_SUFFIXES = (".parquet", ".jsonl", ".json")
 EXAMPLE_PARQUET = "../shared/data/sst2/train.parquet"
 
 
@@ -66,59 +57,29 @@ class TextData:
     class_names: list[str]
 
 
-def _read_parquet(path, cfg: TextClassificationDataConfig, limit: int | None) -> tuple[list, list]:
-    schema = parquet_schema(path)
-    text = pick_column(schema.names, cfg.text_column, TEXT_COLUMNS, "text_column", str(path))
-    label = pick_column(schema.names, cfg.label_column, LABEL_COLUMNS, "label_column", str(path))
-    check_text_type(schema.field(text).type, text, str(path), "text_column")
+def _read(reader: Reader, cfg: TextClassificationDataConfig, limit: int | None) -> tuple[list, list]:
+    """(texts, raw labels) of the first ``limit`` rows of one file or hub split."""
+    text = reader.pick(cfg.text_column, TEXT_COLUMNS, "text_column", text=True)
+    label = reader.pick(cfg.label_column, LABEL_COLUMNS, "label_column")
     texts, labels = [], []
-    for batch in parquet_batches(path, list(dict.fromkeys([text, label]))):
-        texts += batch.column(text).to_pylist()
-        labels += batch.column(label).to_pylist()
-        if limit is not None and len(texts) >= limit:
-            break
-    return texts, labels
-
-
-def _read_jsonl(path, cfg: TextClassificationDataConfig, limit: int | None) -> tuple[list, list]:
-    texts, labels = [], []
-    text = label = None
-    for lineno, record in jsonl_records(path):
-        if text is None:  # the first record decides the keys
-            where = f"{path} line {lineno}"
-            text = pick_column(list(record), cfg.text_column, TEXT_COLUMNS, "text_column", where, "key")
-            label = pick_column(list(record), cfg.label_column, LABEL_COLUMNS, "label_column", where, "key")
-        check_text_values([record.get(text)], text, f"{path} line {lineno}", "text_column")
-        texts.append(record.get(text))
-        labels.append(record.get(label))
-        if limit is not None and len(texts) >= limit:
-            break
+    for batch in reader.batches([text, label], 0, limit, text_column=text):
+        texts += batch[text]
+        labels += batch[label]
     return texts, labels
 
 
 def read_labelled_texts(source, split: str, cfg: TextClassificationDataConfig, key: str) -> tuple[list[str], list]:
-    """(texts, raw labels) from Parquet / JSONL files or an HF dataset name; ``max_examples`` first rows.
-    Rows whose text is empty or blank are dropped (one warning line); labels are checked class labels."""
-    src = resolve(source, key, TEXT_SUFFIXES, split)
+    """(texts, raw labels) from Parquet / JSONL / CSV / TSV files or an HF dataset name; ``max_examples``
+    first rows. Rows whose text is empty or blank are dropped (one warning line); labels are checked class
+    labels."""
     limit = cfg.max_examples
-    if src.kind == "hub":
-        ds = load_hub(src, EXAMPLE_PARQUET)
-        names, where = ds.column_names, f"HF dataset {src.name!r}"
-        text = pick_column(names, cfg.text_column, TEXT_COLUMNS, "text_column", where)
-        label = pick_column(names, cfg.label_column, LABEL_COLUMNS, "label_column", where)
-        texts, labels = list(ds[text]), list(ds[label])
-        check_text_values(texts, text, where, "text_column")
-    else:
-        texts, labels = [], []
-        for path in src.files:
-            left = None if limit is None else limit - len(texts)
-            read = _read_parquet if path.suffix.lower() == ".parquet" else _read_jsonl
-            more_texts, more_labels = read(path, cfg, left)
-            texts += more_texts
-            labels += more_labels
-            if limit is not None and len(texts) >= limit:
-                break
-    texts, labels = texts[:limit], labels[:limit]
+    texts, labels = [], []
+    for reader in open_readers(resolve(source, key, TABLE_SUFFIXES, split), EXAMPLE_PARQUET):
+        more_texts, more_labels = _read(reader, cfg, None if limit is None else limit - len(texts))
+        texts += more_texts
+        labels += more_labels
+        if limit is not None and len(texts) >= limit:
+            break
     if not texts:
         raise XformerError(f"{key} {source!r}: no examples")
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
@@ -131,7 +92,9 @@ def read_labelled_texts(source, split: str, cfg: TextClassificationDataConfig, k
     return [texts[i] for i in keep], labels
 
 
-def _tokenized(texts: list[str], labels: list, classes: list, tokenizer, max_len: int, key: str) -> TextDataset:
+def tokenize_examples(texts: list[str], labels: list, classes: list, tokenizer, max_len: int, key: str) -> TextDataset:
+    """``texts`` tokenized (``[CLS] text [SEP]``, cut to ``max_len``) with ``labels`` as indices into
+    ``classes``; a label outside them is an error naming ``key``."""
     index = {c: i for i, c in enumerate(classes)}
     unknown = next((y for y in labels if y not in index), None)
     if unknown is not None:
@@ -161,7 +124,7 @@ def load_text_data(cfg: TextClassificationDataConfig, tokenizer=None) -> TextDat
         root = default_cache_dir(cfg)
         key = "texts-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
         tokenizer = build_tokenizer(cfg.tokenizer, texts if cfg.tokenizer.path is None else None, root, key)
-    train = _tokenized(texts, labels, classes, tokenizer, cfg.max_seq_len, "data.source")
-    val_set = _tokenized(*val, classes, tokenizer, cfg.max_seq_len, "data.val_source") if val else None
+    train = tokenize_examples(texts, labels, classes, tokenizer, cfg.max_seq_len, "data.source")
+    val_set = tokenize_examples(*val, classes, tokenizer, cfg.max_seq_len, "data.val_source") if val else None
     log(f"texts: train {len(train)}" + (f", val {len(val_set)}" if val_set else "") + f"; {len(classes)} classes")
     return TextData(train, val_set, tokenizer, [str(c) for c in classes])
