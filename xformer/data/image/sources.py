@@ -60,7 +60,10 @@ def _payload(value: dict | bytes | str | None) -> bytes | str | None:
     return value
 
 
-def _rows(readers: list[Reader], image: str, label: str, limit: int | None) -> Iterator[tuple[str, bytes | str, object]]:
+def _rows(
+    readers: list[Reader], image: str, label: str, limit: int | None
+) -> Iterator[tuple[str, bytes | str, object]]:
+    """(where, encoded image or path, raw label) of the first ``limit`` rows of ``readers``, in order."""
     done = 0
     for reader in readers:
         left = None if limit is None else limit - done

@@ -78,7 +78,9 @@ class FileReader(Reader):
         return [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def row_batches(rows: Iterator[list], columns: Sequence[str], start: int, stop: int | None) -> Iterator[dict[str, list]]:
+def row_batches(
+    rows: Iterator[list], columns: Sequence[str], start: int, stop: int | None
+) -> Iterator[dict[str, list]]:
     """Rows (one value per column each) [start, stop) of a streamed format gathered into column batches."""
     rows = islice(rows, start, stop)
     while chunk := list(islice(rows, BATCH_ROWS)):

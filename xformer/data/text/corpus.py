@@ -9,9 +9,10 @@ their start, the hub in batches.
 
 - :func:`read_documents`: the non-blank documents as a list, for corpora that fit in memory.
 - :func:`corpus_parts` counts each file's records (Parquet from the file metadata, other files in one
-  streaming pass that checks their text) and :func:`read_records` streams any ranges of them, numbered across the corpus: how
-  the shards of BERT pretraining data are read in parallel (:mod:`xformer.data.text.shards`). A file
-  other than Parquet is read from its start up to the last record asked for; Parquet skips to its row groups.
+  streaming pass that checks their text) and :func:`read_records` streams any ranges of them, numbered
+  across the corpus: how the shards of BERT pretraining data are read in parallel
+  (:mod:`xformer.data.text.shards`). A file other than Parquet is read from its start up to the last
+  record asked for; Parquet skips to its row groups.
 - :func:`hub_corpus_files`: a hub corpus copied once to local Parquet, to be read like files.
 
 Inside a document every line is a paragraph or a section title; :func:`split_sentences` cuts the
