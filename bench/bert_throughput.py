@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from xformer.config import BertConfig
+from xformer.models.bert import BertConfig
 from xformer.distributed import peak_tflops
 from xformer.layers import blocks_of, configure_attention
 from xformer.layers.attention import BACKENDS

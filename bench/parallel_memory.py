@@ -37,7 +37,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    from xformer.config import BertConfig
+    from xformer.models.bert import BertConfig
     from xformer.layers import blocks_of
     from xformer.losses import bert_pretraining_loss
     from xformer.models import BertForPreTraining

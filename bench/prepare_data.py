@@ -44,7 +44,7 @@ RATIO_LIMIT = 1.3
 
 def run_one(spec: dict) -> dict:
     """One configuration, in this (fresh) process: prepare, then report sizes, time and max RSS."""
-    from xformer.config import DataConfig, TokenizerConfig
+    from xformer.data.configs import DataConfig, TokenizerConfig
     from xformer.data.text.pretraining import prepare_pretraining_data
 
     cfg = DataConfig(source=spec["source"], tokenizer=TokenizerConfig(path=spec["tokenizer"]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from xformer.config import AugmentConfig
+from xformer.data.configs import AugmentConfig
 from xformer.data.image.augment import (
     OPS,
     Augmenter,

@@ -18,7 +18,7 @@ from xformer.train.checkpoint import latest_checkpoint
 from xformer.train.finetune import finetune_param_groups
 from xformer.tasks import read_run_config
 from xformer.tasks import run as train_classifier
-from xformer.config import FinetuneConfig
+from xformer.train.finetune import FinetuneConfig
 from xformer.commands.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_freeze_backbone_and_all_but_last(image_parquet, tmp_path):
 
 
 def test_layer_decay_scales():
-    from xformer.config import ViTConfig
+    from xformer.models.vit import ViTConfig
     from xformer.models import build_model
 
     model = build_model(ViTConfig(image_size=16, patch_size=4, dim=32, depth=3, num_heads=2, num_classes=4))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.test_trainer import free_port
 from xformer.commands.cli import main
-from xformer.config import ClipConfig
+from xformer.models.clip import ClipConfig
 from xformer.commands.recipe import load_recipe
 from xformer.data.image.augment import random_resized_crop
 from xformer.losses import contrastive_loss
@@ -297,7 +297,8 @@ def test_lock_image_keeps_the_image_tower(clip_args):
 
 
 def test_text_tower_starts_from_a_bert(clip_args, tmp_path):
-    from xformer.config import BertConfig, TokenizerConfig
+    from xformer.data.configs import TokenizerConfig
+    from xformer.models.bert import BertConfig
     from xformer.tasks.contrastive import clip_model
     from xformer.data.text.tokenizer import train_wordpiece
     from xformer.interop.hf_bert import export_bert

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xformer.config import CNNConfig
+from xformer.models.cnn import CNNConfig
 from xformer.models import CNN, build_model
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import xformer.layers.attention as attention
-from xformer.config import BertConfig, EncoderConfig, ViTConfig
+from xformer.config import EncoderConfig
+from xformer.models.bert import BertConfig
+from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.layers import Encoder
 from xformer.layers.attention import AttnContext, math_attention, resolve_backend, varlen_unavailable_reason
@@ -183,7 +185,7 @@ def test_document_mask_needs_packed_rows(tiny_config):
 
 
 def test_a_text_tower_takes_a_modern_bert_whole_or_refuses_what_it_would_drop():
-    from xformer.config import TextConfig
+    from xformer.models.clip import TextConfig
     from xformer.trained.init import load_weights, merge_config
     from xformer.models.clip import TextTransformer
 

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from tests.helpers import randomize
-from xformer.config import BertConfig
+from xformer.models.bert import BertConfig
 from xformer.layers import configure_attention
 from xformer.layers.attention import flash_unavailable_reason
 from xformer.models import BertModel

@@ -13,7 +13,9 @@ from safetensors.torch import save_model
 
 import xformer
 from tests.helpers import randomize
-from xformer.config import BertConfig, DataConfig, save_config
+from xformer.config import save_config
+from xformer.data.configs import DataConfig
+from xformer.models.bert import BertConfig
 from xformer.tasks.bert_pretraining import BertPretrainingConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_bert import (

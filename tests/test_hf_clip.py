@@ -10,7 +10,7 @@ import transformers
 
 import xformer
 from tests.helpers import randomize
-from xformer.config import ClipConfig, ClipVisionConfig, TextConfig
+from xformer.models.clip import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_clip import (
     config_from_hf,

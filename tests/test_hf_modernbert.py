@@ -14,7 +14,11 @@ from safetensors.torch import save_model
 
 import xformer
 from tests.helpers import randomize
-from xformer.config import BertConfig, ClipConfig, ClipVisionConfig, DataConfig, TextConfig, ViTConfig, save_config
+from xformer.config import save_config
+from xformer.data.configs import DataConfig
+from xformer.models.bert import BertConfig
+from xformer.models.clip import ClipConfig, ClipVisionConfig, TextConfig
+from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.interop import hf_clip, hf_vit
 from xformer.interop.hf_modernbert import (

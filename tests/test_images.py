@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xformer.config import ImageDataConfig
+from xformer.data.configs import ImageDataConfig
 from xformer.data.image import images as images_module
 from xformer.data.image.images import load_image_data
 from xformer.errors import XformerError

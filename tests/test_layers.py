@@ -132,7 +132,7 @@ def test_flash_matches_math_reference_on_gpu():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    from xformer.config import BertConfig
+    from xformer.models.bert import BertConfig
     from xformer.layers import set_activation_checkpointing
     from xformer.models import BertForPreTraining
 

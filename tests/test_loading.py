@@ -8,7 +8,10 @@ import yaml
 
 import xformer
 from xformer.commands.cli import main
-from xformer.config import BertClassifierConfig, BertConfig, CNNConfig, ViTConfig, save_config
+from xformer.config import save_config
+from xformer.models.bert import BertClassifierConfig, BertConfig
+from xformer.models.cnn import CNNConfig
+from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.trained.init import init_from, load_weights
 from xformer.models import CNN, BertForPreTraining, BertModel, ViTForImageClassification

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_documents
 
-from xformer.config import DataConfig, TokenizerConfig
+from xformer.data.configs import DataConfig, TokenizerConfig
 from xformer.data import prepare_pretraining_data, read_documents, split_sentences, train_wordpiece
 from xformer.data.text import pretraining, shards
 from xformer.data.text.corpus import corpus_parts, read_records

@@ -7,7 +7,9 @@ import torch
 import transformers
 
 from tests.helpers import randomize
-from xformer.config import CNNConfig, HFImageConfig, ViTConfig
+from xformer.models.cnn import CNNConfig
+from xformer.models.hf_image import HFImageConfig
+from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.interop.hf_vit import (
     config_from_hf,

@@ -1,21 +1,23 @@
-"""Typed configs, one per component: the schemas every recipe is validated against.
+"""Typed configs: the base of every section, the shared encoder and training sections, the run config
+every task extends, and validation.
 
 Every section forbids unknown keys; a mistake is reported as one line naming the key and the
-closest valid ones (:func:`format_validation_error`). Each task's run config (model + data + train
-sections) lives with its task in :mod:`xformer.tasks`; recipe files and ``--set`` overrides are read
-by :mod:`xformer.commands.recipe`.
+closest valid ones (:func:`format_validation_error`). Each model's config lives with its model
+(:mod:`xformer.models`, listed by :mod:`xformer.models.registry`), each data section with the data
+code that reads it (:mod:`xformer.data.configs`), and each task's run config (model + data + train
+sections, and its own) with its task in :mod:`xformer.tasks`; recipe files and ``--set`` overrides are
+read by :mod:`xformer.commands.recipe`.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import types
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from xformer.errors import XformerError
 
@@ -30,7 +32,7 @@ class Section(BaseModel):
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
 
 
-# ----------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------- encoder
 
 
 class EncoderConfig(Section):
@@ -76,292 +78,6 @@ class EncoderConfig(Section):
     def is_global(self, index: int) -> bool:
         """Whether block ``index`` attends to the whole sequence (not only its local window)."""
         return self.local_window is None or index % self.global_every == 0
-
-
-class BertConfig(EncoderConfig):
-    """BERT: token embeddings + encoder + pooler, with MLM and NSP heads for pretraining."""
-
-    arch: Literal["bert"] = "bert"
-    vocab_size: int | None = Field(None, gt=0, description="None: taken from the tokenizer")
-    max_position: int = Field(512, gt=0, description="the longest sequence (the position table's size if absolute)")
-    type_vocab_size: int = Field(2, ge=0, description="0: no segment embeddings")
-    embed_norm: bool | None = Field(None, description="a LayerNorm on the embeddings; None: with post-LN only")
-    pad_token_id: int = 0
-    init_std: float = 0.02
-    init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
-    nsp: bool = Field(True, description="the pooler and next-sentence head; pretraining sets it from data.objective")
-
-    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "nsp"}
-
-
-class BertClassifierConfig(BertConfig):
-    """BERT with a classification head on the pooled [CLS] token (e.g. SST-2 sentiment)."""
-
-    arch: Literal["bert_classifier"] = "bert_classifier"
-    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    nsp: Literal[True] = Field(True, description="the classifier reads the pooled [CLS] token")
-
-    runtime_keys: ClassVar[frozenset[str]] = BertConfig.runtime_keys | {"num_classes"}
-
-
-class ViTConfig(EncoderConfig):
-    """Vision transformer: patch embedding + [CLS] + learned positions + pre-LN encoder + head."""
-
-    arch: Literal["vit"] = "vit"
-    image_size: int = Field(224, gt=0)
-    patch_size: int = Field(16, gt=0)
-    in_channels: int = Field(3, gt=0)
-    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    pool: Literal["cls", "mean"] = "cls"
-    pre_norm: bool = Field(False, description="LayerNorm on the embedded tokens before the encoder (CLIP)")
-    patch_bias: bool = True
-    norm_first: bool = True
-    norm_eps: float = 1e-6
-    dropout: float = Field(0.0, ge=0, lt=1)
-    attn_dropout: float = Field(0.0, ge=0, lt=1)
-    init_std: float = 0.02
-    init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
-
-    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool"}
-
-    @model_validator(mode="after")
-    def _learned_patch_positions(self):
-        if self.position != "absolute":
-            raise ValueError(f"model.position={self.position} is for token encoders; a ViT keeps learned patch positions")
-        return self
-
-
-class CNNConfig(Section):
-    """The small CNN baseline: 3 blocks of (conv, ReLU, BatchNorm) x convs_per_block, max-pool, dropout;
-    then 2 fully connected layers."""
-
-    arch: Literal["cnn"] = "cnn"
-    channels: tuple[int, int, int] = (32, 64, 128)
-    convs_per_block: int = Field(2, gt=0)
-    batch_norm: bool = True
-    dropout: float = Field(0.2, ge=0, lt=1)
-    hidden: int = Field(128, gt=0)
-    fc_dropout: float = Field(0.5, ge=0, lt=1)
-    image_size: int = Field(32, gt=0)
-    in_channels: int = Field(3, gt=0)
-    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    init: str | None = Field(None, description="a run dir or a checkpoint of a CNN")
-
-    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "num_classes", "dropout", "fc_dropout"})
-
-
-class HFImageConfig(Section):
-    """Any HF image classifier (e.g. ResNetForImageClassification), loaded from ``init`` with a new head."""
-
-    arch: Literal["hf_image"] = "hf_image"
-    init: str = Field(..., description="hf:<dir or hub id>")
-    image_size: int = Field(224, gt=0)
-    num_classes: int | None = Field(None, gt=0)
-
-    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "image_size", "num_classes"})
-
-
-class TextConfig(EncoderConfig):
-    """A text encoder for CLIP: token embeddings + the shared encoder, pooled at the last real token
-    (``pool="eot"``, with ``causal=True`` as in CLIP) or at the first one (``pool="cls"``, bidirectional,
-    as BERT). ``init`` starts it from a BERT (our run or ``hf:``); the architecture then comes from there."""
-
-    vocab_size: int | None = Field(None, gt=0, description="None: taken from the tokenizer")
-    max_position: int = Field(77, gt=0)
-    type_vocab_size: int = Field(0, ge=0, description="0: no segment embeddings (CLIP); BERT has 2")
-    embed_norm: bool | None = Field(None, description="a LayerNorm on the embeddings; None: with post-LN only")
-    pad_token_id: int = 0
-    causal: bool = True
-    pool: Literal["eot", "cls"] = "eot"
-    norm_first: bool = True
-    norm_eps: float = 1e-5
-    dropout: float = Field(0.0, ge=0, lt=1)
-    attn_dropout: float = Field(0.0, ge=0, lt=1)
-    init_std: float = 0.02
-    init: str | None = Field(None, description="a BERT: hf:<dir or hub id>, a run dir or a checkpoint")
-
-    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "causal", "pool"}
-
-
-class ClipVisionConfig(ViTConfig):
-    """CLIP's image tower: a ViT with a LayerNorm before the encoder and no bias in the patch projection."""
-
-    image_size: int = Field(64, gt=0)
-    patch_size: int = Field(8, gt=0)
-    dim: int = Field(256, gt=0)
-    depth: int = Field(6, gt=0)
-    num_heads: int = Field(4, gt=0)
-    pre_norm: bool = True
-    patch_bias: bool = False
-    norm_eps: float = 1e-5
-
-
-class ClipConfig(Section):
-    """CLIP-style dual encoder: a ViT image tower and a text tower, each with a linear projection into a
-    joint ``embed_dim`` space, and a learnable temperature. ``init`` loads a whole CLIP (``hf:`` or a run);
-    ``vision.init`` / ``text.init`` load one tower each."""
-
-    arch: Literal["clip"] = "clip"
-    vision: ClipVisionConfig = ClipVisionConfig()
-    text: TextConfig = TextConfig(dim=256, depth=4, num_heads=4)
-    embed_dim: int = Field(256, gt=0)
-    logit_scale_init: float = Field(math.log(1 / 0.07), description="log of the initial inverse temperature")
-    logit_scale_max: float = Field(math.log(100), description="the log scale is clamped here")
-    lock_image: bool = Field(False, description="freeze the image tower, projection included (LiT)")
-    init: str | None = Field(None, description="a CLIP: hf:<dir or hub id>, a run dir or a checkpoint")
-
-    # the towers are sections of their own: their runtime keys come from the recipe as well
-    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "lock_image", "logit_scale_max"})
-
-
-def _arch_tag(value: Any) -> str:
-    return value.get("arch", "vit") if isinstance(value, dict) else getattr(value, "arch", "vit")
-
-
-ImageModelConfig = Annotated[
-    Annotated[ViTConfig, Tag("vit")] | Annotated[CNNConfig, Tag("cnn")] | Annotated[HFImageConfig, Tag("hf_image")],
-    Discriminator(_arch_tag),
-]
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class TokenizerConfig(Section):
-    """Either an existing HF tokenizer (``path``) or a WordPiece tokenizer trained on the corpus."""
-
-    path: str | None = Field(None, description="HF tokenizer dir or hub name; None trains WordPiece")
-    vocab_size: int = Field(30522, gt=0)
-    lowercase: bool = True
-    train_documents: int | None = Field(20000, description="documents used to train WordPiece")
-    train_chars: int | None = Field(None, gt=0, description="character budget of the WordPiece training sample")
-
-
-class DataConfig(Section):
-    """Corpus, tokenizer, BERT example creation and batch-time masking."""
-
-    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/text files/globs")
-    text_column: str = "text"
-    split: str = "train"
-    max_documents: int | None = Field(None, gt=0, description="the corpus's first N records, blank ones included")
-    val_documents: int = Field(100, ge=0, description="held-out documents for evaluation")
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    num_workers: int | None = Field(None, gt=0, description="processes preparing the examples; None: one per core")
-    shard_documents: int = Field(1000, gt=0, description="corpus records per shard, a worker's unit of work")
-    max_seq_len: int = Field(128, ge=8)
-    objective: Literal["mlm_nsp", "mlm"] = Field(
-        "mlm_nsp", description="mlm_nsp: BERT's sentence pairs; mlm: packed full-length sequences, no NSP")
-    document_mask: bool = Field(False, description="objective mlm: a token attends only within its own document "
-                                "of the packed row, where rotary positions restart")
-    short_seq_prob: float = Field(0.1, ge=0, le=1)
-    nsp_random_prob: float = Field(0.5, ge=0, le=1)
-    dupe_factor: int = Field(1, gt=0)
-    mlm_prob: float = Field(0.15, gt=0, lt=1)
-    mask_token_prob: float = Field(0.8, ge=0, le=1)
-    random_token_prob: float = Field(0.1, ge=0, le=1)
-    whole_word_mask: bool = False
-    cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _documents_are_packed(self):
-        if self.document_mask and self.objective != "mlm":
-            raise ValueError("data.document_mask applies to packed rows: set data.objective=mlm")
-        return self
-
-
-class SplitDataConfig(Section):
-    """Where a dataset comes from: a training source and split, and an optional separate validation
-    source (otherwise ``val_size`` items are carved from the training source with ``seed``)."""
-
-    source: str | list[str] | None = Field(None, description="HF dataset name, Parquet files/globs, or a folder")
-    split: str = "train"
-    val_source: str | list[str] | None = Field(None, description="None: carve val_size items from source")
-    val_split: str | None = None
-    cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
-    seed: int = 0
-
-
-class ImageDataConfig(SplitDataConfig):
-    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
-
-    image_column: str | None = Field(None, description="None: auto-detect (img, image, ...)")
-    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
-    val_size: int = Field(5000, ge=0)
-    test_source: str | list[str] | None = None
-    test_split: str | None = None
-    image_size: int | None = Field(None, gt=0, description="resize to this (square); None: keep (all equal)")
-    max_images: int | None = Field(None, gt=0)
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-
-
-class AugmentConfig(Section):
-    """Training-time augmentation, on tensors, on the training device."""
-
-    crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels; 0: off")
-    hflip: bool = True
-    policy: Literal["none", "trivial", "randaugment"] = "none"
-    randaugment_ops: int = Field(2, gt=0)
-    magnitude: int = Field(9, ge=0, le=30)
-    mixup_alpha: float = Field(0.0, ge=0)
-    cutmix_alpha: float = Field(0.0, ge=0)
-    mix_prob: float = Field(1.0, ge=0, le=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-
-
-class CaptionDataConfig(SplitDataConfig):
-    """Image-caption pairs (Parquet with an image column and a caption column of strings or lists of
-    strings, or an HF dataset name) and the tokenizer for the captions."""
-
-    image_column: str | None = Field(None, description="None: auto-detect (image, img, ...)")
-    caption_column: str | None = Field(None, description="None: auto-detect (captions, caption, text, ...)")
-    val_size: int = Field(500, ge=0)
-    image_size: int | None = Field(None, gt=0, description="resize when decoding; None: keep (all equal)")
-    max_images: int | None = Field(None, gt=0)
-    max_text_len: int = Field(32, ge=4)
-    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=8000, train_documents=None)
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-
-class TextClassificationDataConfig(SplitDataConfig):
-    """Labelled texts: Parquet / JSONL files or an HF dataset name, with a text and a label column."""
-
-    text_column: str | None = Field(None, description="None: auto-detect (sentence, text, ...)")
-    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
-    val_size: int = Field(1000, ge=0)
-    max_examples: int | None = Field(None, gt=0)
-    max_seq_len: int = Field(128, ge=4)
-    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=16000, train_documents=None)
-
-
-class ClipAugmentConfig(Section):
-    """Training-time image augmentation for contrastive training (on the device)."""
-
-    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range; (1, 1): off")
-    hflip: bool = False
-
-
-class ZeroShotConfig(Section):
-    """Evaluation during training: zero-shot classification and retrieval on an image-caption split."""
-
-    source: str | list[str] | None = Field(None, description="labelled images (e.g. CIFAR-10); None: skip")
-    split: str = "test"
-    max_images: int | None = Field(None, gt=0, description="the first N images only")
-    classes: list[str] | None = Field(None, description="None: the dataset's class names")
-    templates: list[str] | None = Field(None, description="None: the CIFAR-10 templates; '{c}' is the class")
-    retrieval: bool = Field(True, description="image<->text recall@K on the validation split")
-    batch_size: int = Field(256, gt=0)
-
-
-class FinetuneConfig(Section):
-    """What to train when starting from a checkpoint."""
-
-    freeze: Literal["none", "backbone", "all_but_last"] = "none"
-    unfreeze_last: int = Field(0, ge=0, description="with freeze=all_but_last: blocks left trainable")
-    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay factor")
-    head_lr_scale: float = Field(1.0, gt=0)
 
 
 # ----------------------------------------------------------------------------- training
@@ -466,17 +182,6 @@ class RunConfig(Section):
         return self
 
 
-
-MODEL_CONFIGS: dict[str, type[Section]] = {
-    "bert": BertConfig,
-    "bert_classifier": BertClassifierConfig,
-    "vit": ViTConfig,
-    "cnn": CNNConfig,
-    "hf_image": HFImageConfig,
-    "clip": ClipConfig,
-}
-
-
 # ----------------------------------------------------------------------------- validation
 
 
@@ -540,14 +245,6 @@ def validate(model: type[BaseModel], data: Any, origin: str, section: str = "") 
         return model.model_validate(data)
     except ValidationError as err:
         raise XformerError(format_validation_error(err, model, origin, section)) from None
-
-
-def model_config(tree: Any, origin: str) -> Section:
-    """A saved model section (the ``model`` mapping of a run's config.yaml), validated by its ``arch``."""
-    arch = tree.get("arch", "bert") if isinstance(tree, dict) else None
-    if arch not in MODEL_CONFIGS:
-        raise XformerError(f"{origin}: model.arch {arch!r} is not one of {', '.join(MODEL_CONFIGS)}")
-    return validate(MODEL_CONFIGS[arch], tree, origin, "model")
 
 
 def load_yaml(path: str | Path, what: str = "recipe") -> dict:

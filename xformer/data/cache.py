@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from xformer.config import DataConfig, SplitDataConfig
+from xformer.data.configs import DataConfig, SplitDataConfig
 
 
 def default_cache_dir(cfg: DataConfig | SplitDataConfig) -> Path:

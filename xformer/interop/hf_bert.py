@@ -16,7 +16,7 @@ import torch
 import transformers
 from torch import nn
 
-from xformer.config import BertConfig
+from xformer.models.bert import BertConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 import transformers
 
-from xformer.config import ClipConfig, ClipVisionConfig, TextConfig
+from xformer.models.clip import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (

@@ -23,7 +23,7 @@ import torch
 import transformers
 from torch import nn
 
-from xformer.config import BertConfig
+from xformer.models.bert import BertConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
     ACT_FROM_HF,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from xformer.config import ViTConfig
+from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (

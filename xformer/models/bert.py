@@ -1,17 +1,37 @@
-"""BERT: token embeddings + the shared encoder + pooler, the MLM + NSP pretraining heads, and a
-sequence classification head."""
+"""BERT: its configs, the token encoder + pooler, the MLM + NSP pretraining heads, and a sequence
+classification head."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from xformer.config import BertClassifierConfig, BertConfig
-from xformer.layers.block import Encoder
-from xformer.layers.embeddings import TokenEmbeddings
 from xformer.layers.mlp import ACTIVATIONS
+from xformer.models.text import TokenEncoder, TokenEncoderConfig, init_weights
+
+
+class BertConfig(TokenEncoderConfig):
+    """BERT: token embeddings + encoder + pooler, with MLM and NSP heads for pretraining."""
+
+    arch: Literal["bert"] = "bert"
+    init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
+    nsp: bool = Field(True, description="the pooler and next-sentence head; pretraining sets it from data.objective")
+
+    runtime_keys: ClassVar[frozenset[str]] = TokenEncoderConfig.runtime_keys | {"nsp"}
+
+
+class BertClassifierConfig(BertConfig):
+    """BERT with a classification head on the pooled [CLS] token (e.g. SST-2 sentiment)."""
+
+    arch: Literal["bert_classifier"] = "bert_classifier"
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    nsp: Literal[True] = Field(True, description="the classifier reads the pooled [CLS] token")
+
+    runtime_keys: ClassVar[frozenset[str]] = BertConfig.runtime_keys | {"num_classes"}
 
 
 @dataclass
@@ -27,38 +47,12 @@ class BertPreTrainingOutput:
     last_hidden_state: torch.Tensor  # (B, T, D)
 
 
-def init_weights(module: nn.Module, std: float) -> None:
-    """BERT initialisation: N(0, std) for linear and embedding weights, zero biases, unit norms."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=std)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=std)
-        if module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-class BertModel(nn.Module):
-    """The BERT encoder: embeddings, post-LN (or pre-LN) encoder, and the tanh pooler on [CLS] (none when
+class BertModel(TokenEncoder):
+    """The BERT encoder: :class:`TokenEncoder`, post-LN (or pre-LN), and the tanh pooler on [CLS] (none when
     ``cfg.nsp`` is False: MLM-only pretraining has no use for it; ``pooler_output`` is then None)."""
 
     def __init__(self, cfg: BertConfig):
-        super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("BertConfig.vocab_size must be set (it is taken from the tokenizer)")
-        self.config = cfg
-        embed_norm = not cfg.norm_first if cfg.embed_norm is None else cfg.embed_norm
-        self.embeddings = TokenEmbeddings(
-            cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
-            dropout=cfg.dropout, norm_eps=cfg.norm_eps if embed_norm else None,
-            absolute=cfg.position == "absolute", norm_bias=cfg.bias,
-        )
-        self.encoder = Encoder(cfg)
+        super().__init__(cfg)
         self.pooler = nn.Linear(cfg.dim, cfg.dim) if cfg.nsp else None
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
@@ -66,8 +60,7 @@ class BertModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> BertOutput:
         """input_ids, attention_mask, token_type_ids: (B, T); segments: (B, T) the document of each token
         when documents packed in a row must not see each other (see :class:`Encoder`)."""
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
-        x = self.encoder(x, attention_mask, segments=segments)
+        x = self.encode(input_ids, attention_mask, token_type_ids, segments=segments)  # (B, T, D)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -95,6 +88,7 @@ class BertForPreTraining(nn.Module):
     about 15% of the vocabulary projections); without labels it returns logits at every position.
     """
 
+    backbone_prefix = "bert."  # where an init finds the encoder (see xformer.trained.init)
     head_prefixes = ("mlm.", "nsp.", "bert.pooler.")  # what may start fresh when the encoder comes from a checkpoint
 
     def __init__(self, cfg: BertConfig):
@@ -129,6 +123,7 @@ class SequenceClassifierOutput:
 class BertForSequenceClassification(nn.Module):
     """BERT with dropout and a linear head on the pooled [CLS] token (the tanh pooler's output), as HF's."""
 
+    backbone_prefix = "bert."
     head_prefixes = ("head.", "bert.pooler.")  # an MLM-only checkpoint has no pooler
 
     def __init__(self, cfg: BertClassifierConfig):

@@ -1,19 +1,69 @@
-"""CLIP-style dual encoder: the ViT image tower and a text tower, both on the shared encoder, with linear
-projections into one embedding space and a learnable temperature."""
+"""CLIP-style dual encoder: its configs, the ViT image tower and a text tower (the shared token encoder),
+with linear projections into one embedding space and a learnable temperature."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from xformer.config import ClipConfig, TextConfig
-from xformer.layers.block import Encoder
-from xformer.layers.embeddings import TokenEmbeddings
-from xformer.models.bert import init_weights
-from xformer.models.vit import ViTModel
+from xformer.config import Section
+from xformer.models.text import TokenEncoder, TokenEncoderConfig, init_weights
+from xformer.models.vit import ViTConfig, ViTModel
+
+
+class TextConfig(TokenEncoderConfig):
+    """A text encoder for CLIP: the token encoder pooled at the last real token (``pool="eot"``, with
+    ``causal=True`` as in CLIP) or at the first one (``pool="cls"``, bidirectional, as BERT). ``init``
+    starts it from a BERT (our run or ``hf:``); the architecture then comes from there."""
+
+    max_position: int = Field(77, gt=0)
+    type_vocab_size: int = Field(0, ge=0, description="0: no segment embeddings (CLIP); BERT has 2")
+    causal: bool = True
+    pool: Literal["eot", "cls"] = "eot"
+    norm_first: bool = True
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+
+    runtime_keys: ClassVar[frozenset[str]] = TokenEncoderConfig.runtime_keys | {"causal", "pool"}
+
+
+class ClipVisionConfig(ViTConfig):
+    """CLIP's image tower: a ViT with a LayerNorm before the encoder and no bias in the patch projection."""
+
+    image_size: int = Field(64, gt=0)
+    patch_size: int = Field(8, gt=0)
+    dim: int = Field(256, gt=0)
+    depth: int = Field(6, gt=0)
+    num_heads: int = Field(4, gt=0)
+    pre_norm: bool = True
+    patch_bias: bool = False
+    norm_eps: float = 1e-5
+
+
+class ClipConfig(Section):
+    """CLIP-style dual encoder: a ViT image tower and a text tower, each with a linear projection into a
+    joint ``embed_dim`` space, and a learnable temperature. ``init`` loads a whole CLIP (``hf:`` or a run);
+    ``vision.init`` / ``text.init`` load one tower each."""
+
+    arch: Literal["clip"] = "clip"
+    vision: ClipVisionConfig = ClipVisionConfig()
+    text: TextConfig = TextConfig(dim=256, depth=4, num_heads=4)
+    embed_dim: int = Field(256, gt=0)
+    logit_scale_init: float = Field(math.log(1 / 0.07), description="log of the initial inverse temperature")
+    logit_scale_max: float = Field(math.log(100), description="the log scale is clamped here")
+    lock_image: bool = Field(False, description="freeze the image tower, projection included (LiT)")
+    init: str | None = Field(None, description="a CLIP: hf:<dir or hub id>, a run dir or a checkpoint")
+
+    # the towers are sections of their own: their runtime keys come from the recipe as well
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "lock_image", "logit_scale_max"})
+    starts_from: ClassVar[str] = "clip"  # the architecture whose checkpoints ``init`` may name
 
 
 @dataclass
@@ -25,8 +75,8 @@ class ClipOutput:
     logits_per_text: torch.Tensor  # (B_txt, B_img)
 
 
-class TextTransformer(nn.Module):
-    """Token embeddings + the shared encoder, pooled at one token.
+class TextTransformer(TokenEncoder):
+    """The token encoder, pooled at one token.
 
     ``pool="eot"`` takes the last real token of each sequence (where CLIP's tokenizer puts end-of-text, and
     ours ``[SEP]``), normally with ``causal=True``; ``pool="cls"`` takes the first token. Module names match
@@ -34,22 +84,12 @@ class TextTransformer(nn.Module):
     """
 
     def __init__(self, cfg: TextConfig):
-        super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("TextConfig.vocab_size must be set (it is taken from the tokenizer)")
-        self.config = cfg
-        embed_norm = not cfg.norm_first if cfg.embed_norm is None else cfg.embed_norm
-        self.embeddings = TokenEmbeddings(
-            cfg.vocab_size, cfg.dim, cfg.max_position, cfg.type_vocab_size, cfg.pad_token_id,
-            dropout=cfg.dropout, norm_eps=cfg.norm_eps if embed_norm else None,
-            absolute=cfg.position == "absolute", norm_bias=cfg.bias,
-        )
-        self.encoder = Encoder(cfg)
+        super().__init__(cfg)
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> pooled (B, D)."""
-        x = self.encoder(self.embeddings(input_ids), attention_mask, causal=self.config.causal)  # (B, T, D)
+        x = self.encode(input_ids, attention_mask, causal=self.config.causal)  # (B, T, D)
         if self.config.pool == "cls":
             return x[:, 0]
         if attention_mask is None:

@@ -1,14 +1,36 @@
-"""The small CNN baseline: three conv blocks, then two fully connected layers."""
+"""The small CNN baseline (its config and model): three conv blocks, then two fully connected layers."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from xformer.config import CNNConfig
+from xformer.config import Section
 from xformer.models.vit import ImageClassifierOutput
+
+
+class CNNConfig(Section):
+    """The small CNN baseline: 3 blocks of (conv, ReLU, BatchNorm) x convs_per_block, max-pool, dropout;
+    then 2 fully connected layers."""
+
+    arch: Literal["cnn"] = "cnn"
+    channels: tuple[int, int, int] = (32, 64, 128)
+    convs_per_block: int = Field(2, gt=0)
+    batch_norm: bool = True
+    dropout: float = Field(0.2, ge=0, lt=1)
+    hidden: int = Field(128, gt=0)
+    fc_dropout: float = Field(0.5, ge=0, lt=1)
+    image_size: int = Field(32, gt=0)
+    in_channels: int = Field(3, gt=0)
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    init: str | None = Field(None, description="a run dir or a checkpoint of a CNN")
+
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "num_classes", "dropout", "fc_dropout"})
+    starts_from: ClassVar[str] = "cnn"  # the architecture whose checkpoints ``init`` may name
 
 
 def conv_block(in_channels: int, out_channels: int, convs: int, batch_norm: bool, dropout: float) -> nn.Sequential:

@@ -1,14 +1,15 @@
-"""Any Hugging Face image classifier (ResNet, ConvNeXt, Swin, ViT, ...) as an xformer model."""
+"""Any Hugging Face image classifier (ResNet, ConvNeXt, Swin, ViT, ...) as an xformer model, and its config."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
-import transformers
+from pydantic import Field
 from torch import nn
 
-from xformer.config import HFImageConfig
+from xformer.config import Section
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.models.vit import ImageClassifierOutput
@@ -18,6 +19,17 @@ from xformer.models.vit import ImageClassifierOutput
 # ``layers`` (transformers 5) or ``encoder.layer`` (transformers 4).
 _HEAD_NAMES = ("classifier", "head", "fc")
 _STAGE_PATHS = ("encoder.stages", "encoder.layers", "encoder.layer", "layers", "stages", "blocks")
+
+
+class HFImageConfig(Section):
+    """Any HF image classifier (e.g. ResNetForImageClassification), loaded from ``init`` with a new head."""
+
+    arch: Literal["hf_image"] = "hf_image"
+    init: str = Field(..., description="hf:<dir or hub id>")
+    image_size: int = Field(224, gt=0)
+    num_classes: int | None = Field(None, gt=0)
+
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"init", "image_size", "num_classes"})
 
 
 def _submodule(module: nn.Module, path: str) -> nn.Module | None:
@@ -38,6 +50,8 @@ class HFImageClassifier(nn.Module):
     """
 
     def __init__(self, cfg: HFImageConfig):
+        import transformers  # here: the rest of xformer.models does not need it
+
         super().__init__()
         self.config = cfg
         if not cfg.init.startswith("hf:"):

@@ -1,15 +1,45 @@
-"""Vision transformer: patch embeddings + the shared pre-LN encoder, and a linear classification head."""
+"""Vision transformer: its config, patch embeddings + the shared pre-LN encoder, and a linear classification head."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from xformer.config import ViTConfig
+from xformer.config import EncoderConfig
 from xformer.layers.block import Encoder
 from xformer.layers.embeddings import PatchEmbeddings
+
+
+class ViTConfig(EncoderConfig):
+    """Vision transformer: patch embedding + [CLS] + learned positions + pre-LN encoder + head."""
+
+    arch: Literal["vit"] = "vit"
+    image_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    in_channels: int = Field(3, gt=0)
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
+    pool: Literal["cls", "mean"] = "cls"
+    pre_norm: bool = Field(False, description="LayerNorm on the embedded tokens before the encoder (CLIP)")
+    patch_bias: bool = True
+    norm_first: bool = True
+    norm_eps: float = 1e-6
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+    init_std: float = 0.02
+    init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
+
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool"}
+    starts_from: ClassVar[str] = "vit"  # the architecture whose checkpoints ``init`` may name
+
+    @model_validator(mode="after")
+    def _learned_patch_positions(self):
+        if self.position != "absolute":
+            raise ValueError(f"model.position={self.position} is for token encoders; a ViT keeps learned patch positions")
+        return self
 
 
 @dataclass
@@ -76,6 +106,7 @@ class ViTForImageClassification(nn.Module):
     layer-wise learning-rate decay and freezing key on.
     """
 
+    backbone_prefix = "vit."  # where an init finds the backbone (see xformer.trained.init)
     head_prefixes = ("head.",)  # what may start fresh when the backbone comes from a checkpoint
 
     def __init__(self, cfg: ViTConfig):

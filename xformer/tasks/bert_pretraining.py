@@ -8,7 +8,9 @@ from typing import Literal
 
 import torch
 
-from xformer.config import BertConfig, DataConfig, RunConfig
+from xformer.config import RunConfig
+from xformer.data.configs import DataConfig
+from xformer.models.bert import BertConfig
 from xformer.errors import XformerError
 from xformer.losses import IGNORE_INDEX, bert_pretraining_loss, bert_pretraining_metrics
 from xformer.tasks.base import Built, TaskSpec

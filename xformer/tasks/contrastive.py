@@ -7,21 +7,36 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from xformer.config import (
-    CaptionDataConfig,
-    ClipAugmentConfig,
-    ClipConfig,
-    ImageDataConfig,
-    RunConfig,
-    ZeroShotConfig,
-)
+from xformer.config import RunConfig, Section
+from xformer.data.configs import CaptionDataConfig, ImageDataConfig
+from xformer.models.clip import ClipConfig
 from xformer.data.image.augment import normalize, random_hflip, random_resized_crop
 from xformer.errors import XformerError
 from xformer.losses import contrastive_loss, contrastive_metrics
 from xformer.tasks.base import Built, TaskSpec
 from xformer.trained.zeroshot import CIFAR10_TEMPLATES, preprocess, retrieval_eval, zeroshot_eval
+
+
+class ClipAugmentConfig(Section):
+    """Training-time image augmentation for contrastive training (on the device)."""
+
+    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range; (1, 1): off")
+    hflip: bool = False
+
+
+class ZeroShotConfig(Section):
+    """Evaluation during training: zero-shot classification and retrieval on an image-caption split."""
+
+    source: str | list[str] | None = Field(None, description="labelled images (e.g. CIFAR-10); None: skip")
+    split: str = "test"
+    max_images: int | None = Field(None, gt=0, description="the first N images only")
+    classes: list[str] | None = Field(None, description="None: the dataset's class names")
+    templates: list[str] | None = Field(None, description="None: the CIFAR-10 templates; '{c}' is the class")
+    retrieval: bool = Field(True, description="image<->text recall@K on the validation split")
+    batch_size: int = Field(256, gt=0)
 
 
 class ContrastiveConfig(RunConfig):

@@ -10,10 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xformer.config import AugmentConfig, FinetuneConfig, ImageDataConfig, ImageModelConfig, RunConfig, ViTConfig
+from xformer.config import RunConfig
+from xformer.data.configs import AugmentConfig, ImageDataConfig
+from xformer.models.registry import model_section
+from xformer.models.vit import ViTConfig
+from xformer.train.finetune import FinetuneConfig
 from xformer.errors import XformerError
 from xformer.losses import classification_loss, classification_metrics
 from xformer.tasks.base import Built, TaskSpec
+
+# every registered image classifier (ViT, CNN, HF), told apart by model.arch
+ImageModelConfig = model_section("image_classifier", default="vit")
 
 
 class ImageClassificationConfig(RunConfig):

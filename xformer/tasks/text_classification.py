@@ -13,7 +13,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from xformer.config import BertClassifierConfig, RunConfig, TextClassificationDataConfig
+from xformer.config import RunConfig
+from xformer.data.configs import TextClassificationDataConfig
+from xformer.models.bert import BertClassifierConfig
 from xformer.errors import XformerError
 from xformer.losses import classification_loss, classification_metrics
 from xformer.tasks.base import Built, TaskSpec

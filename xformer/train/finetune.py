@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
+from pydantic import Field
 from torch import nn
 
-from xformer.config import FinetuneConfig
+from xformer.config import Section
 from xformer.errors import XformerError
+
+
+class FinetuneConfig(Section):
+    """What to train when starting from a checkpoint."""
+
+    freeze: Literal["none", "backbone", "all_but_last"] = "none"
+    unfreeze_last: int = Field(0, ge=0, description="with freeze=all_but_last: blocks left trainable")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay factor")
+    head_lr_scale: float = Field(1.0, gt=0)
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:

@@ -13,29 +13,23 @@ import sys
 
 from torch import nn
 
-from xformer.config import BertConfig, ClipConfig, CNNConfig, HFImageConfig, Section, TextConfig, ViTConfig
+from xformer.config import Section
 from xformer.errors import XformerError
-
-# Which kind of checkpoint each kind of model starts from (a CLIP text tower starts from a BERT).
-FAMILIES: tuple[tuple[type[Section], type[Section], str], ...] = (
-    (BertConfig, BertConfig, "BERT"),
-    (TextConfig, BertConfig, "BERT"),
-    (ViTConfig, ViTConfig, "ViT"),
-    (CNNConfig, CNNConfig, "CNN"),
-    (ClipConfig, ClipConfig, "CLIP"),
-)
+from xformer.models.registry import architecture, build_model
 
 
 def load_source(init: str, cfg: Section, key: str = "model.init") -> nn.Module:
-    """The model ``init`` names, checked to be of the family that ``cfg`` starts from."""
+    """The model ``init`` names, checked to be of the architecture that ``cfg`` starts from (its
+    ``starts_from``: a CLIP text tower starts from a BERT)."""
     from xformer.trained.loading import load
 
-    source = load(init)
-    family = next(((src, name) for target, src, name in FAMILIES if isinstance(cfg, target)), None)
-    if family is None:
+    starts_from = getattr(type(cfg), "starts_from", None)
+    if starts_from is None:
         raise XformerError(f"{key}={init}: a {type(cfg).__name__} cannot start from a checkpoint")
-    if not isinstance(getattr(source, "config", None), family[0]):
-        raise XformerError(f"{key}={init}: a {type(source).__name__}, not a {family[1]} checkpoint")
+    family = architecture(starts_from)
+    source = load(init)
+    if not isinstance(getattr(source, "config", None), family.config):
+        raise XformerError(f"{key}={init}: a {type(source).__name__}, not a {family.title} checkpoint")
     return source
 
 
@@ -67,9 +61,10 @@ def merge_config(recipe: Section, source: Section) -> Section:
     return type(recipe)(**values)
 
 
-def _backbone_prefix(model: nn.Module) -> str:
-    """Where a model keeps its backbone: ``bert.`` / ``vit.`` in the task models, the model itself otherwise."""
-    return next((f"{n}." for n in ("bert", "vit") if isinstance(getattr(model, n, None), nn.Module)), "")
+def backbone_prefix(model: nn.Module) -> str:
+    """Where a model keeps its backbone, as its class declares (``bert.``, ``vit.``); a model that declares
+    none is its own backbone."""
+    return getattr(type(model), "backbone_prefix", "")
 
 
 def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
@@ -77,7 +72,7 @@ def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
     ``bert.encoder`` feeds a text tower's ``encoder``). Every weight of ``target`` must come from
     ``source`` with its shape, except in its heads (``head_prefixes``: they start fresh); returns the
     head modules left fresh."""
-    tp, sp = _backbone_prefix(target), _backbone_prefix(source)
+    tp, sp = backbone_prefix(target), backbone_prefix(source)
     src = source.state_dict()
     backbone = {k[len(sp):]: v for k, v in src.items() if k.startswith(sp)}
     outside = {k: v for k, v in src.items() if not k.startswith(sp)} if sp else {}
@@ -110,10 +105,8 @@ def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
 
 def init_from(cfg: Section, key: str = "model") -> tuple[nn.Module, Section]:
     """The model for ``cfg`` and its resolved config: fresh, or from ``cfg.init`` (see the module doc).
-    An HF image classifier (``arch: hf_image``) loads its own checkpoint."""
-    from xformer.models import build_model
-
-    if getattr(cfg, "init", None) is None or isinstance(cfg, HFImageConfig):
+    A config that starts from no architecture (``arch: hf_image``) loads its own checkpoint."""
+    if getattr(cfg, "init", None) is None or getattr(type(cfg), "starts_from", None) is None:
         return build_model(cfg), cfg
     source = load_source(cfg.init, cfg, f"{key}.init")
     resolved = merge_config(cfg, source.config)

@@ -6,17 +6,16 @@ HF conversion (and the transformers import it needs) happens only for HF inputs.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 from safetensors.torch import load_model
 from torch import nn
 
-from xformer.train.checkpoint import latest_checkpoint
-from xformer.config import Section, load_yaml, model_config
+from xformer.config import EncoderConfig, Section, load_yaml
 from xformer.errors import XformerError
-from xformer.models import build_model
+from xformer.models.registry import build_model, hf_format, model_config
+from xformer.train.checkpoint import latest_checkpoint
 
 EXPECTED = ("expected an xformer run directory (config.yaml + checkpoints/), a checkpoint directory "
             "(model.safetensors + config.yaml), an HF BERT, ModernBERT, ViT, CLIP or sentence-transformers "
@@ -38,17 +37,21 @@ def _kind(path: Path) -> str:
     raise XformerError(f"{path}: not a model; {EXPECTED}")
 
 
+def with_attn_backend(cfg: Section, attn_backend: str) -> Section:
+    """``cfg`` with ``attn_backend`` in every encoder section it holds (itself, CLIP's towers)."""
+    if isinstance(cfg, EncoderConfig):
+        return cfg.model_copy(update={"attn_backend": attn_backend})
+    towers = {name: with_attn_backend(getattr(cfg, name), attn_backend) for name in type(cfg).model_fields
+              if isinstance(getattr(cfg, name), Section)}
+    return cfg.model_copy(update=towers)
+
+
 def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     config_file = ckpt / "config.yaml"
     tree = load_yaml(config_file, "checkpoint config")
     if not isinstance(tree.get("model"), dict):
         raise XformerError(f"{config_file}: no model section; the checkpoint's config is incomplete")
-    model_cfg = model_config(tree["model"], str(config_file))
-    if "attn_backend" in type(model_cfg).model_fields:  # transformer models; the CNN has none
-        model_cfg = model_cfg.model_copy(update={"attn_backend": attn_backend})
-    elif model_cfg.arch == "clip":  # both towers
-        model_cfg = model_cfg.model_copy(update={t: getattr(model_cfg, t).model_copy(update={"attn_backend": attn_backend})
-                                                 for t in ("vision", "text")})
+    model_cfg = with_attn_backend(model_config(tree["model"], str(config_file)), attn_backend)
     try:
         model = build_model(model_cfg)
     except ValueError as err:  # a size the run fills in from its data (vocab_size, num_classes) is missing
@@ -61,45 +64,35 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
     return model.eval()
 
 
-def _load_hf(source: str, attn_backend: str) -> nn.Module:
-    """An HF directory or hub id, by its config.json's ``model_type``: CLIP, ViT, ModernBERT, else BERT."""
+def _hf_folder(source: str) -> tuple[Path, Path]:
+    """The local folder of an HF directory or hub id (fetched), and the HF model directory in it (a
+    sentence-transformers folder keeps it in a sub-folder)."""
     from xformer.hub import fetch_from_hub
     from xformer.interop.hf_bert import transformer_dir
 
     folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
-    config_file = (transformer_dir(folder) if folder.is_dir() else folder) / "config.json"
+    return folder, transformer_dir(folder) if folder.is_dir() else folder
+
+
+def _load_hf(source: str, attn_backend: str) -> nn.Module:
+    """An HF directory or hub id, converted by the registered format of its config.json's ``model_type``."""
+    from xformer.interop import hf_function
+
+    folder, model_dir = _hf_folder(source)
+    config_file = model_dir / "config.json"
     try:
         model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
     except (json.JSONDecodeError, AttributeError):
         raise XformerError(f"{config_file}: not a JSON object; expected an HF config.json") from None
-    if model_type == "clip":
-        from xformer.interop.hf_clip import load_hf_clip
-
-        return load_hf_clip(str(folder), attn_backend=attn_backend)
-    if model_type == "vit":
-        from xformer.interop.hf_vit import load_hf_vit
-
-        return load_hf_vit(str(folder), attn_backend=attn_backend)
-    if model_type == "modernbert":
-        from xformer.interop.hf_modernbert import load_hf_modernbert
-
-        return load_hf_modernbert(str(folder), attn_backend=attn_backend)
-    from xformer.interop.hf_bert import load_hf_bert
-
-    return load_hf_bert(str(folder), attn_backend=attn_backend)
-
-
-def _hf_folder(source: str) -> Path:
-    from xformer.hub import fetch_from_hub
-    from xformer.interop.hf_bert import transformer_dir
-
-    folder = Path(source) if Path(source).exists() else fetch_from_hub(source)
-    return transformer_dir(folder) if folder.is_dir() else folder
+    fmt = hf_format(model_type)
+    return hf_function(fmt, fmt.load)(str(folder), attn_backend=attn_backend)
 
 
 def load_config(path: str | Path) -> Section:
     """The model config of what :func:`load` would load from ``path``, without reading any weights."""
     import transformers
+
+    from xformer.interop import hf_function
 
     text = str(path)
     if not text.startswith("hf:") and _kind(Path(path)) != "hf":
@@ -110,13 +103,12 @@ def load_config(path: str | Path) -> Section:
                 raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
         tree = load_yaml(ckpt / "config.yaml", "checkpoint config")
         return model_config(tree.get("model"), str(ckpt / "config.yaml"))
-    folder = _hf_folder(text.removeprefix("hf:"))
+    _, folder = _hf_folder(text.removeprefix("hf:"))
     try:
         hf_config = transformers.AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise XformerError(f"{folder}: not an HF model config ({str(err).strip().splitlines()[0][:160]})") from None
-    family = {"clip": "hf_clip", "vit": "hf_vit", "modernbert": "hf_modernbert"}.get(hf_config.model_type, "hf_bert")
-    return importlib.import_module(f"xformer.interop.{family}").config_from_hf(hf_config)
+    return hf_function(hf_format(hf_config.model_type), "config_from_hf")(hf_config)
 
 
 def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
@@ -129,8 +121,10 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
 
     - an xformer run directory (``config.yaml`` + ``checkpoints/step_*``): its latest checkpoint;
     - an xformer checkpoint directory (``model.safetensors`` + ``config.yaml``);
-    - an HF BERT directory or sentence-transformers folder, or ``hf:<dir or hub id>``: see
-      :func:`xformer.interop.load_hf_bert` (``BertForPreTraining`` with heads, else ``BertModel``);
+    - an HF directory or sentence-transformers folder, or ``hf:<dir or hub id>``, converted by the
+      registered HF format of its ``model_type`` (:mod:`xformer.models.registry`): an HF BERT (or an
+      unknown model type): :func:`xformer.interop.hf_bert.load_hf_bert` (``BertForPreTraining`` with heads,
+      else ``BertModel``);
       an HF ModernBERT (``model_type`` "modernbert"): :func:`xformer.interop.hf_modernbert.load_hf_modernbert`
       (the same classes, MLM only); an HF ViT ("vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its
       classifier, else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.

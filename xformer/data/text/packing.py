@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xformer.config import DataConfig
+from xformer.data.configs import DataConfig
 from xformer.data.text.shards import ShardContext, ShardedDataset, TokenizedCorpus
 from xformer.errors import XformerError
 

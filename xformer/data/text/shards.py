@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from xformer.config import DataConfig
+from xformer.data.configs import DataConfig
 from xformer.data.cache import log
 from xformer.data.text.corpus import CorpusPart, read_records, split_sentences
 from xformer.errors import XformerError

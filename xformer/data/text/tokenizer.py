@@ -26,7 +26,7 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
-from xformer.config import TokenizerConfig
+from xformer.data.configs import TokenizerConfig
 from xformer.data.cache import log, publish_dir
 from xformer.errors import XformerError
 

@@ -1,0 +1,123 @@
+"""The data sections of run configs: what each task reads and how it is prepared (tokenizer, BERT
+examples and masking, labelled images and their augmentation, captions, labelled texts).
+
+They live in the data layer because the data code reads them; each task's run config
+(:mod:`xformer.tasks`) names the one it uses as its ``data`` (and ``augment``) section.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from xformer.config import Section
+
+
+class TokenizerConfig(Section):
+    """Either an existing HF tokenizer (``path``) or a WordPiece tokenizer trained on the corpus."""
+
+    path: str | None = Field(None, description="HF tokenizer dir or hub name; None trains WordPiece")
+    vocab_size: int = Field(30522, gt=0)
+    lowercase: bool = True
+    train_documents: int | None = Field(20000, description="documents used to train WordPiece")
+    train_chars: int | None = Field(None, gt=0, description="character budget of the WordPiece training sample")
+
+
+class DataConfig(Section):
+    """Corpus, tokenizer, BERT example creation and batch-time masking."""
+
+    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/text files/globs")
+    text_column: str = "text"
+    split: str = "train"
+    max_documents: int | None = Field(None, gt=0, description="the corpus's first N records, blank ones included")
+    val_documents: int = Field(100, ge=0, description="held-out documents for evaluation")
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    num_workers: int | None = Field(None, gt=0, description="processes preparing the examples; None: one per core")
+    shard_documents: int = Field(1000, gt=0, description="corpus records per shard, a worker's unit of work")
+    max_seq_len: int = Field(128, ge=8)
+    objective: Literal["mlm_nsp", "mlm"] = Field(
+        "mlm_nsp", description="mlm_nsp: BERT's sentence pairs; mlm: packed full-length sequences, no NSP")
+    document_mask: bool = Field(False, description="objective mlm: a token attends only within its own document "
+                                "of the packed row, where rotary positions restart")
+    short_seq_prob: float = Field(0.1, ge=0, le=1)
+    nsp_random_prob: float = Field(0.5, ge=0, le=1)
+    dupe_factor: int = Field(1, gt=0)
+    mlm_prob: float = Field(0.15, gt=0, lt=1)
+    mask_token_prob: float = Field(0.8, ge=0, le=1)
+    random_token_prob: float = Field(0.1, ge=0, le=1)
+    whole_word_mask: bool = False
+    cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _documents_are_packed(self):
+        if self.document_mask and self.objective != "mlm":
+            raise ValueError("data.document_mask applies to packed rows: set data.objective=mlm")
+        return self
+
+
+class SplitDataConfig(Section):
+    """Where a dataset comes from: a training source and split, and an optional separate validation
+    source (otherwise ``val_size`` items are carved from the training source with ``seed``)."""
+
+    source: str | list[str] | None = Field(None, description="HF dataset name, Parquet files/globs, or a folder")
+    split: str = "train"
+    val_source: str | list[str] | None = Field(None, description="None: carve val_size items from source")
+    val_split: str | None = None
+    cache_dir: str | None = Field(None, description="default: $XFORMER_CACHE or ~/.cache/xformer")
+    seed: int = 0
+
+
+class ImageDataConfig(SplitDataConfig):
+    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+
+    image_column: str | None = Field(None, description="None: auto-detect (img, image, ...)")
+    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    val_size: int = Field(5000, ge=0)
+    test_source: str | list[str] | None = None
+    test_split: str | None = None
+    image_size: int | None = Field(None, gt=0, description="resize to this (square); None: keep (all equal)")
+    max_images: int | None = Field(None, gt=0)
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+class AugmentConfig(Section):
+    """Training-time augmentation, on tensors, on the training device."""
+
+    crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels; 0: off")
+    hflip: bool = True
+    policy: Literal["none", "trivial", "randaugment"] = "none"
+    randaugment_ops: int = Field(2, gt=0)
+    magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(1.0, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class CaptionDataConfig(SplitDataConfig):
+    """Image-caption pairs (Parquet with an image column and a caption column of strings or lists of
+    strings, or an HF dataset name) and the tokenizer for the captions."""
+
+    image_column: str | None = Field(None, description="None: auto-detect (image, img, ...)")
+    caption_column: str | None = Field(None, description="None: auto-detect (captions, caption, text, ...)")
+    val_size: int = Field(500, ge=0)
+    image_size: int | None = Field(None, gt=0, description="resize when decoding; None: keep (all equal)")
+    max_images: int | None = Field(None, gt=0)
+    max_text_len: int = Field(32, ge=4)
+    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=8000, train_documents=None)
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+class TextClassificationDataConfig(SplitDataConfig):
+    """Labelled texts: Parquet / JSONL files or an HF dataset name, with a text and a label column."""
+
+    text_column: str | None = Field(None, description="None: auto-detect (sentence, text, ...)")
+    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    val_size: int = Field(1000, ge=0)
+    max_examples: int | None = Field(None, gt=0)
+    max_seq_len: int = Field(128, ge=4)
+    tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=16000, train_documents=None)
