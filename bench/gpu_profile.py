@@ -134,8 +134,8 @@ def profile_target(target: str, overrides: list[str], work: Path, warmup: int, s
             return out
         return wrapper
 
-    trainer._cpu_batch = timed(trainer._cpu_batch, waits)
-    trainer._read = timed(trainer._read, reads)
+    trainer.batches.read_ahead = timed(trainer.batches.read_ahead, waits)
+    trainer.batches.read = timed(trainer.batches.read, reads)
 
     t0 = time.perf_counter()
     for step in range(warmup):
@@ -156,8 +156,7 @@ def profile_target(target: str, overrides: list[str], work: Path, warmup: int, s
             enqueue.append(time.perf_counter() - t_step)
         sync()
         wall = time.perf_counter() - t0
-    if trainer._prefetcher is not None:  # the background read of the step after the last
-        trainer._prefetcher.shutdown(cancel_futures=True)
+    trainer.batches.close()  # the background read of the step after the last
 
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     record.update({"steps": steps, "wall_s": wall, "step_s": wall / steps,

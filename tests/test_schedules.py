@@ -13,7 +13,9 @@ from xformer.config import TrainConfig
 from xformer.errors import XformerError
 from xformer.commands.recipe import load_recipe
 from xformer.tasks import run as pretrain
-from xformer.train.loop import Trainer, lr_at, lr_lambda, micro_batches
+from xformer.train.batches import Batches
+from xformer.train.loop import Trainer
+from xformer.train.schedule import Clock, lr_at, lr_lambda, micro_batches
 
 TIME_BUDGET = ["train.budget=time", "train.max_minutes=1", "train.warmup_steps=0", "train.schedule=triangle"]
 
@@ -41,7 +43,7 @@ def fake_clock(monkeypatch, seconds_per_step, lrs):
         now[0] += seconds_per_step
         return counts
 
-    monkeypatch.setattr(Trainer, "clock", staticmethod(lambda: now[0]))
+    monkeypatch.setattr(Clock, "now", staticmethod(lambda: now[0]))
     monkeypatch.setattr(Trainer, "train_step", step)
 
 
@@ -98,22 +100,24 @@ def test_time_budget_sets_the_lr_from_the_clock_stops_and_resumes(tiny_config, c
 
 def test_batch_ramp_grows_the_micro_batches_and_resumes_mid_ramp(tiny_config, cache, tmp_path, monkeypatch):
     ramp = [cache, "train.max_steps=4", "train.grad_accum=3", "train.batch_ramp=0.75", "train.batch_size=4"]
-    reads = []
-    real_micro = Trainer._micro_batch
+    reads = []  # per step, the micro-batches it read
+    real_micro, real_step = Batches.micro_batch, Trainer.train_step
 
     def micro_batch(self, k):
-        reads.append((self._micro_done, k))
+        reads[-1].append(k)
         return real_micro(self, k)
 
-    monkeypatch.setattr(Trainer, "_micro_batch", micro_batch)
+    def counted_step(self, step):
+        reads.append([])
+        return real_step(self, step)
+
+    monkeypatch.setattr(Batches, "micro_batch", micro_batch)
+    monkeypatch.setattr(Trainer, "train_step", counted_step)
     pretrain(tiny_config(*ramp, f"out_dir={tmp_path / 'a'}"))
     # step s of 4 reads 1 + int(2 * (s / 4) / 0.75) micro-batches: 1, 1, 2, then 3 from 3/4 of the steps
-    per_step = [sum(1 for start, _ in reads if start == s) for s in sorted({start for start, _ in reads})]
-    assert per_step == [1, 1, 2, 3]
-    assert [k for _, k in reads] == list(range(7))  # every micro-batch once, in order
-    monkeypatch.setattr(Trainer, "_micro_batch", real_micro)
-
-    real_step = Trainer.train_step
+    assert [len(r) for r in reads] == [1, 1, 2, 3]
+    assert [k for r in reads for k in r] == list(range(7))  # every micro-batch once, in order
+    monkeypatch.setattr(Batches, "micro_batch", real_micro)
 
     def crash_at_3(self, step):  # step 3 of 6 would read 2 micro-batches: mid-ramp
         if step == 2:
@@ -160,11 +164,11 @@ def test_processes_share_rank_0s_clock(tiny_config, cache, tmp_path):
 
 def test_a_checkpoint_from_before_budgets_resumes(tiny_config, cache, tmp_path, monkeypatch):
     """Checkpoints written with a LambdaLR have its state under "scheduler" and no micro-batch count."""
-    import xformer.train.loop
+    import xformer.train.checkpointer
 
     steps = [cache, "train.max_steps=4", "train.grad_accum=2", "train.save_every=2"]
     pretrain(tiny_config(*steps, f"out_dir={tmp_path / 'a'}"))
-    real_save, real_step = xformer.train.loop.save_checkpoint, Trainer.train_step
+    real_save, real_step = xformer.train.checkpointer.save_checkpoint, Trainer.train_step
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     old_state = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0).state_dict()
 
@@ -177,7 +181,7 @@ def test_a_checkpoint_from_before_budgets_resumes(tiny_config, cache, tmp_path, 
             raise KeyboardInterrupt
         return real_step(self, step)
 
-    monkeypatch.setattr(xformer.train.loop, "save_checkpoint", save_old)
+    monkeypatch.setattr(xformer.train.checkpointer, "save_checkpoint", save_old)
     monkeypatch.setattr(Trainer, "train_step", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_config(*steps, f"out_dir={tmp_path / 'b'}"))

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from xformer.train.checkpoint import list_checkpoints
 from xformer.config import TrainConfig
 from xformer.tasks import run as pretrain
-from xformer.train.loop import Trainer, lr_lambda
+from xformer.train.loop import Trainer
+from xformer.train.schedule import lr_lambda
 
 
 def train_losses(run_dir):
@@ -160,33 +161,13 @@ def test_background_prefetch_changes_nothing(tiny_config, tmp_path):
 
 
 def test_model_flops_utilisation_is_logged_against_the_given_peak(tiny_config, tmp_path):
-    from xformer.train.loop import _matmul_parameters
+    from xformer.train.metrics import matmul_parameters
 
     pretrain(tiny_config("train.max_steps=2", "train.peak_tflops=0.001"))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     from xformer.trained.loading import load
 
-    flops = 6 * _matmul_parameters(load(tmp_path / "run"))
+    flops = 6 * matmul_parameters(load(tmp_path / "run"))
     for r in train:  # tokens/s x FLOPs per token over the peak
         assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e9, rel=1e-9)
-
-
-def test_optimizer_moments_saved_for_a_0d_parameter_resume_into_its_1_element_shape():
-    """A CLIP run saved while logit_scale was 0-d resumes now that it is a (1,) parameter."""
-    from xformer.train.loop import _match_state_shapes
-
-    old = torch.nn.Parameter(torch.tensor(2.0))
-    saved = torch.optim.AdamW([old], lr=0.1)
-    old.grad = torch.tensor(1.0)
-    saved.step()
-    new = torch.nn.Parameter(old.detach().reshape(1).clone())  # the weights load into the new shape
-    optimizer = torch.optim.AdamW([new], lr=0.1)
-    optimizer.load_state_dict(saved.state_dict())
-    _match_state_shapes(optimizer)
-    assert optimizer.state[new]["exp_avg"].shape == (1,) and optimizer.state[new]["step"].shape == ()
-    new.grad = torch.tensor([1.0])
-    optimizer.step()  # fails with a 0-d moment: "output with shape [] doesn't match the broadcast shape [1]"
-    old.grad = torch.tensor(1.0)
-    saved.step()
-    torch.testing.assert_close(new.detach(), old.detach().reshape(1))

@@ -153,41 +153,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard_model(model: torch.nn.Module, blocks: list[torch.nn.Module], info: DistInfo, bf16: bool,
-                reshard_after_forward: bool) -> None:
-    """FSDP2 (``fully_shard``) over all processes: each of ``blocks`` is its own unit (gathered for its
-    forward and backward only), then the root holds the rest (embeddings, heads). Parameters become
-    DTensors in place, so the optimizer must be built afterwards. Under bf16, parameters are gathered in
-    bf16 and gradients reduced in fp32. The model's ``forward_methods`` (e.g. CLIP's ``encode_image``),
-    which run it outside ``forward``, gather the root's parameters as ``forward`` does."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-
-    mesh = init_device_mesh(info.device.type, (info.world_size,))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-        else MixedPrecisionPolicy()
-    with torch.no_grad():  # FSDP shards contiguous parameters only (the image models' are channels-last)
-        for param in model.parameters():
-            if not param.is_contiguous():
-                param.data = param.data.contiguous()
-    for block in blocks:
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    for method in getattr(model, "forward_methods", ()):
-        register_fsdp_forward_method(model, method)
-
-
-def unshard_model(model: torch.nn.Module) -> None:
-    """Gather an FSDP model's full parameters on every process and keep them (no resharding after forward),
-    so that afterwards one process alone can run it (final reports on rank 0). Every process calls this."""
-    from torch.distributed.fsdp import FSDPModule
-
-    model.set_reshard_after_forward(False)
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.unshard()
-
-
 def broadcast_float(value: float, device: torch.device) -> float:
     """Rank 0's ``value`` (e.g. its elapsed seconds) on every process, so decisions made from it (the LR of
     a time budget, when to stop) agree. One small collective and a host sync: call it at log steps only."""

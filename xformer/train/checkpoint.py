@@ -1,6 +1,6 @@
 """Checkpoints: ``RUN_DIR/checkpoints/step_0000100/`` with model weights (safetensors), the resolved
-config, the training state (optimizer, scheduler, RNG, step) loadable with ``weights_only=True``, and
-``manifest.json``: the size and sha256 of each of those files.
+config, the training state (step, optimizer, RNG, micro-batches read, seconds spent) loadable with
+``weights_only=True``, and ``manifest.json``: the size and sha256 of each of those files.
 
 Every write goes to a temporary name first and is renamed into place, so an interrupted run never
 leaves a half-written checkpoint or metrics file behind; a failed write (disk full) removes its
@@ -62,6 +62,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _verify_unsealed(path: Path) -> str | None:
+    """What is wrong with a checkpoint written before manifests: ``model.safetensors`` and ``config.yaml``
+    must exist and, like ``train_state.pt`` where present, be non-empty."""
+    for name in FILES:
+        if not (path / name).is_file():
+            if name == "train_state.pt":  # weights-only copies load for inference; resuming says why not
+                continue
+            return f"{name} is missing (and there is no {MANIFEST})"
+        if (path / name).stat().st_size == 0:
+            return f"{name} is empty"
+    return None
+
+
+def _read_manifest(path: Path) -> dict[str, tuple[int, str]] | str:
+    """The manifest's file name -> (size, sha256), or what is wrong with it."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        entries = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in manifest.items()}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return f"{MANIFEST} is unreadable (expected file name -> size and sha256)"
+    if unlisted := [name for name in FILES if name not in entries]:
+        return f"{MANIFEST} does not list {unlisted[0]}"
+    return entries
+
+
 def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
     """What is wrong with the checkpoint directory ``path``, or None when it is intact.
 
@@ -76,23 +101,11 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
     if not any(path.iterdir()):
         return "the directory is empty"
     if not (path / MANIFEST).is_file():
-        for name in FILES:
-            if not (path / name).is_file():
-                if name == "train_state.pt":  # weights-only copies load for inference; resuming says why not
-                    continue
-                return f"{name} is missing (and there is no {MANIFEST})"
-            if (path / name).stat().st_size == 0:
-                return f"{name} is empty"
-        return None
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        sizes = {name: int(entry["size"]) for name, entry in manifest.items()}
-        digests = {name: str(entry["sha256"]) for name, entry in manifest.items()}
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
-        return f"{MANIFEST} is unreadable (expected file name -> size and sha256)"
-    if unlisted := [name for name in FILES if name not in sizes]:
-        return f"{MANIFEST} does not list {unlisted[0]}"
-    for name, size in sizes.items():  # sizes first: cheap, and they catch truncation
+        return _verify_unsealed(path)
+    entries = _read_manifest(path)
+    if isinstance(entries, str):
+        return entries
+    for name, (size, _) in entries.items():  # sizes first: cheap, and they catch truncation
         if not (path / name).is_file():
             return f"{name} is missing"
         if (actual := (path / name).stat().st_size) != size:
@@ -100,7 +113,7 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
     seal = (path.resolve(), (path / MANIFEST).stat().st_mtime_ns)
     if not hashes or seal in _hashed:
         return None
-    for name, digest in digests.items():
+    for name, (_, digest) in entries.items():
         try:
             if _sha256(path / name) != digest:
                 return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
@@ -162,7 +175,7 @@ def _weights_bytes(model: torch.nn.Module) -> bytes:
     return safetensors_bytes(tensors)
 
 
-def _aliases(model: torch.nn.Module) -> list[list[str]]:
+def tensor_aliases(model: torch.nn.Module) -> list[list[str]]:
     """The state-dict names of ``model``, grouped by tensor: tied parameters share a group, first name first."""
     groups: dict[int, list[str]] = {}
     for name, t in model.state_dict(keep_vars=True).items():
@@ -184,7 +197,7 @@ def _write_manifest(ckpt: Path) -> None:
     _write_bytes(ckpt / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
-def _prune(run_dir: Path, keep_last: int) -> None:
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     """Keep the newest ``keep_last`` intact checkpoints; remove older ones and damaged ones (missing or
     truncated files: sizes only, so a save does not re-read every checkpoint it keeps)."""
     kept = 0
@@ -198,7 +211,7 @@ def _prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def _complete(tmp: Path, final: Path, weights: bytes, cfg, train_state: dict) -> None:
+def complete_checkpoint(tmp: Path, final: Path, weights: bytes, cfg, train_state: dict) -> None:
     """Write the weights, config and training state into ``tmp``, then the manifest, then rename it to ``final``."""
     _write_bytes(tmp / "model.safetensors", weights)
     save_config(cfg, tmp / "config.yaml")
@@ -227,11 +240,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg,
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _complete(tmp, final, _weights_bytes(model), cfg, train_state)
+        complete_checkpoint(tmp, final, _weights_bytes(model), cfg, train_state)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise XformerError(f"could not write checkpoint {final}: {err.strerror or err}") from None
-    _prune(Path(run_dir), keep_last)
+    prune_checkpoints(Path(run_dir), keep_last)
     return final
 
 
@@ -259,10 +272,11 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
         raise XformerError(f"{weights} cannot be read: {str(err).strip().splitlines()[0]}") from None
     except RuntimeError as err:  # missing or unexpected keys, wrong shapes
         raise XformerError(f"{weights} does not fit the model: {str(err).strip().splitlines()[0]}") from None
-    return _read_train_state(state)
+    return read_train_state(state)
 
 
-def _read_train_state(state: Path) -> dict:
+def read_train_state(state: Path) -> dict:
+    """The training state in ``state`` (``train_state.pt``, weights_only); XformerError naming it otherwise."""
     try:
         return torch.load(state, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:

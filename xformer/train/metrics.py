@@ -1,4 +1,6 @@
-"""``metrics.jsonl``: one strict-JSON object per line, written by the trainer and read by reports.
+"""``metrics.jsonl``: one strict-JSON object per line, written by the trainer and read by reports; and
+what the trainer logs there: the counts of a log window with its throughput, model FLOPs utilisation and
+mean gradient norm, and the watch for a diverged step.
 
 Non-finite numbers are written as ``null`` (bare ``NaN`` is not JSON). Readers skip a cut-off last
 line (a run killed mid-write) silently and any other unreadable line with a warning naming it.
@@ -12,6 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from xformer import distributed
 from xformer.errors import XformerError
 
 
@@ -85,3 +90,77 @@ class MetricsLog:
     def close(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters outside embedding tables (each is used in one multiply-add per token)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+def add_counts(total: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> None:
+    """Add ``counts`` into ``total`` by name (on the device, no host sync)."""
+    for name, value in counts.items():
+        total[name] = total[name] + value if name in total else value
+
+
+class LogWindow:
+    """The training steps since the last log: their summed counts and gradient norms, and their time.
+
+    Model FLOPs per token for MFU are 6 x the parameters outside embedding tables (the attention scores'
+    own FLOPs are left out), for tasks that count tokens, against ``peak_tflops`` (or a known GPU's peak).
+    """
+
+    def __init__(self, model: torch.nn.Module, dist: distributed.DistInfo, peak_tflops: float | None):
+        self.dist = dist
+        self.peak = distributed.peak_tflops(dist.device, peak_tflops)
+        self.flops_per_token = 6 * matmul_parameters(model)
+        self.counts: dict[str, torch.Tensor] = {}
+        self.norm_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+        self.steps, self.t_log = 0, 0.0
+
+    def start(self, now: float) -> None:
+        """Begin the first window at ``now`` (seconds)."""
+        self.t_log = now
+
+    def add(self, counts: dict[str, torch.Tensor]) -> None:
+        """Add a step's counts; its ``grad_norm`` (before clipping) goes to the mean gradient norm."""
+        counts = dict(counts)
+        self.norm_sum = self.norm_sum + counts.pop("grad_norm").double()
+        add_counts(self.counts, counts)
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (evaluation, checkpointing) out of the throughput."""
+        self.t_log += seconds
+
+    def close(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """The window's counts summed over processes (one collective) and its metrics: the mean gradient norm,
+        throughput in whatever the task counts (``tokens``, ``images``) and MFU; the next window starts."""
+        sums = distributed.all_reduce_sums(self.counts)
+        metrics = {"grad_norm": float(self.norm_sum) / self.steps}
+        for unit in ("tokens", "images"):
+            if unit in sums:
+                metrics[f"{unit}_per_s"] = sums[unit] / (now - self.t_log)
+        if self.peak and "tokens" in sums:  # model FLOPs utilisation of each device
+            achieved = self.flops_per_token * metrics["tokens_per_s"] / self.dist.world_size
+            metrics["mfu"] = achieved / (self.peak * 1e12)
+        self.counts, self.steps, self.t_log = {}, 0, now
+        self.norm_sum = torch.zeros_like(self.norm_sum)
+        return sums, metrics
+
+
+class DivergenceWatch:
+    """The first step whose loss or gradient norm was not finite, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.tensor(-1, device=device)
+
+    def update(self, step: int, nonfinite: torch.Tensor) -> None:
+        """Note ``step`` (1-based) when it counted ``nonfinite`` values and no step before it did."""
+        self.first_bad = torch.where((self.first_bad < 0) & (nonfinite > 0), step, self.first_bad)
+
+    def first(self) -> int | None:
+        """The first non-finite step, or None (one host sync: call it at logs and saves)."""
+        first_bad = int(self.first_bad)
+        return None if first_bad < 0 else first_bad
