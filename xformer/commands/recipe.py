@@ -1,7 +1,8 @@
 """Recipes: defaults, then a YAML file, then ``--set a.b=c`` overrides, validated by the task's config.
 
 The task's config class comes from the task registry (:func:`xformer.tasks.parse_config`); the
-schemas are in :mod:`xformer.config`.
+schemas are in :mod:`xformer.config`, the model files (:mod:`xformer.models.registry`),
+:mod:`xformer.data.configs` and the task modules.
 """
 
 from __future__ import annotations

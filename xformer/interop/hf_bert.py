@@ -16,7 +16,6 @@ import torch
 import transformers
 from torch import nn
 
-from xformer.models.bert import BertConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
@@ -29,7 +28,7 @@ from xformer.interop.common import (
     refuse_options,
     write_hf_dir,
 )
-from xformer.models.bert import BertForPreTraining, BertModel
+from xformer.models.bert import BertConfig, BertForPreTraining, BertModel
 
 logger = logging.getLogger(__name__)
 

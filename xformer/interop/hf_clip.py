@@ -22,7 +22,6 @@ from types import SimpleNamespace
 import torch
 import transformers
 
-from xformer.models.clip import ClipConfig, ClipVisionConfig, TextConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
@@ -35,7 +34,7 @@ from xformer.interop.common import (
     refuse_options,
     write_hf_dir,
 )
-from xformer.models.clip import CLIPModel
+from xformer.models.clip import ClipConfig, CLIPModel, ClipVisionConfig, TextConfig
 
 logger = logging.getLogger(__name__)
 

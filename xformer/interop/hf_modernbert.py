@@ -23,7 +23,6 @@ import torch
 import transformers
 from torch import nn
 
-from xformer.models.bert import BertConfig
 from xformer.errors import XformerError
 from xformer.interop.common import (
     ACT_FROM_HF,
@@ -33,7 +32,7 @@ from xformer.interop.common import (
     write_hf_dir,
 )
 from xformer.interop.hf_bert import load_bert_family
-from xformer.models.bert import BertForPreTraining
+from xformer.models.bert import BertConfig, BertForPreTraining
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import transformers
 
-from xformer.models.vit import ViTConfig
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
 from xformer.interop.common import (
@@ -29,7 +28,7 @@ from xformer.interop.common import (
     refuse_options,
     write_hf_dir,
 )
-from xformer.models.vit import ViTForImageClassification, ViTModel
+from xformer.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
 logger = logging.getLogger(__name__)
 
