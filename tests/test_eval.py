@@ -15,9 +15,11 @@ import pytest
 from PIL import Image
 
 from xformer.commands.cli import main
-from xformer.trained.evaluate import LABELLED_IMAGES, LABELLED_TEXTS, TEXTS, data_kind, eval_name
 from xformer.commands.recipe import load_recipe
+from xformer.errors import XformerError
 from xformer.tasks import run as train
+from xformer.tasks.trained_run import load_run
+from xformer.trained.evaluate import LABELLED_IMAGES, LABELLED_TEXTS, TEXTS, data_kind, eval_name
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220), "grey": (150, 150, 150)}
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "dull"]}
@@ -130,6 +132,9 @@ def test_text_classifier_accuracy_and_unknown_labels(tmp_path, capsys):
     assert printed["acc"] > 0.8  # one word list per class
     same_numbers(printed, saved)
     assert evaluate(run, tmp_path / "dev.parquet", capsys=capsys)[0] == printed
+    opened = load_run(run)
+    assert opened.class_names == ["neg", "pos"] and opened.tokenizer_dir == str(run / "tokenizer")
+    assert opened.cfg.task == "text_classification" and len(opened.tokenizer) <= 80
     odd = write_texts(tmp_path / "odd.parquet", 6, labels=("pos", "meh"))
     refused(run, odd, "'meh'", capsys)
     plain = tmp_path / "plain.txt"
@@ -154,6 +159,12 @@ def test_image_classifier_report(tmp_path, capsys):
     same_numbers(printed, saved)
     assert saved["class_names"] == sorted(COLOURS) and len(saved["confusion"]) == 4
     refused(run, write_texts(tmp_path / "t.parquet", 4), "evaluates on labelled images, and --data", capsys)
+    # a checkpoint opens with its run's files; another task's run is refused in one line
+    step = load_run(next((run / "checkpoints").iterdir()), "image_classification", device="cpu")
+    assert step.root == run and step.class_names == sorted(COLOURS) and step.tokenizer is None
+    assert not step.model.training and step.device.type == "cpu"
+    with pytest.raises(XformerError, match="a image_classification run .*, not a contrastive run"):
+        load_run(run, "contrastive")
 
 
 def test_clip_zero_shot_or_retrieval_as_the_data_holds(tmp_path, capsys):

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from xformer.commands.cli import main
+from xformer.commands.results import read_result
+from xformer.commands.sweep import expand, parse_grid, run_name, sweep
 from xformer.config import config_text
 from xformer.errors import XformerError
-from xformer.commands.sweep import expand, parse_grid, read_result, run_name, sweep
 
 GOOD, BAD = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]
 FILLER = ["the", "a", "film", "movie", "story", "plot", "actors", "scenes", "was", "is", "and", "but", "with", "very", "quite", "rather"]

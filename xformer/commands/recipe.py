@@ -1,4 +1,5 @@
-"""Recipes: defaults, then a YAML file, then ``--set a.b=c`` overrides, validated by the task's config.
+"""Recipes: defaults, then a YAML file, then ``--set a.b=c`` overrides, validated by the task's config;
+and ``xformer train`` / ``pretrain`` / ``finetune``, which train one.
 
 The task's config class comes from the task registry (:func:`xformer.tasks.parse_config`); the
 schemas are in :mod:`xformer.config`, the model files (:mod:`xformer.models.registry`),
@@ -7,12 +8,14 @@ schemas are in :mod:`xformer.config`, the model files (:mod:`xformer.models.regi
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from xformer import tasks
 from xformer.config import RunConfig, load_yaml
 from xformer.errors import XformerError
 from xformer.tasks import parse_config
@@ -57,3 +60,23 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if cfg.out_dir is None and path is not None:
         cfg.out_dir = str(Path("runs") / Path(path).stem)
     return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """``xformer train`` / ``pretrain`` / ``finetune``: train the recipe into its run directory."""
+    cfg = load_recipe(args.recipe, args.set)
+    if args.out:
+        cfg.out_dir = args.out
+    if args.command == "pretrain" and cfg.task != "bert_pretraining":
+        raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
+    if args.command == "finetune" and not _has_init(cfg.model):
+        raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
+    result = tasks.run(cfg, resume=args.resume)
+    val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items() if isinstance(v, (int, float)))
+    print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
+
+
+def _has_init(model_cfg) -> bool:
+    """Whether the model, or one of its towers, starts from a checkpoint."""
+    towers = [getattr(model_cfg, t, None) for t in ("vision", "text")]
+    return any(getattr(m, "init", None) is not None for m in (model_cfg, *towers))

@@ -10,14 +10,16 @@ validation curves of every run and show the final metric per run as bars, one ch
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
+from xformer.commands.results import read_result
 from xformer.config import load_yaml
 from xformer.errors import XformerError
 from xformer.train.metrics import read_metrics
-from xformer.commands.sweep import read_result
+from xformer.tasks import DEFAULT_TASK, get_task
 
 IGNORED_KEYS = ("out_dir", "sweep.", "train.progress")
 
@@ -60,8 +62,6 @@ def is_run_dir(path: Path) -> bool:
 
 def _metric(config: dict) -> str | None:
     """The validation metric that ranks a run: ``sweep.metric``, else its task's; None without a config."""
-    from xformer.tasks import DEFAULT_TASK, get_task
-
     sweep = config.get("sweep")
     if isinstance(sweep, dict) and isinstance(sweep.get("metric"), str):
         return sweep["metric"]
@@ -256,3 +256,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in images) or "\n(plots need matplotlib: pip install 'xformer[plots]')\n"
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """``xformer report``: :func:`write_report` into ``--out`` (default: the one directory given, else ``.``)."""
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else ".")
+    print(f"report: {write_report(args.run_dirs, out)}")

@@ -1,16 +1,13 @@
-"""What a task is, and the one scaffold that runs any of them.
+"""What a task is: the contracts between a task module and the scaffold that runs it.
 
 A task module defines its run config (model + data sections), a trainer-side :class:`Task` and a
-:class:`TaskSpec` named ``TASK``. :func:`run_task` does everything else for every task: the process
-group, the run directory (lock, overwrite and resume checks, data pinning), data loading on rank 0
-first, the model, the saved config / tokenizer / class names, training and teardown.
+:class:`TaskSpec` named ``TASK``; :func:`xformer.tasks.runner.run_task` does everything else for every
+task, and :func:`xformer.tasks.trained_run.load_run` opens a trained run for its ``evaluate`` and
+``export``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xformer import distributed
-from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
-from xformer.config import RunConfig, Section, config_text
-from xformer.train.run_dir import RunLock, check_start, pin_data, prepare_dir
-from xformer.train.loop import Trainer
+from xformer.config import RunConfig, Section
 
 
 class Dataset(Protocol):
@@ -98,79 +91,3 @@ class TaskSpec:
     finish: Callable[..., None] | None = None
     evaluate: Callable[..., dict] | None = None
     export: Callable[[Path, Path], str] | None = None
-
-
-def _vocabulary_init(model_cfg: Section) -> str | None:
-    """The checkpoint whose tokenizer the text side must use: the model's ``init``, or a text tower's."""
-    if getattr(model_cfg, "init", None):
-        return model_cfg.init
-    for name in type(model_cfg).model_fields:
-        sub = getattr(model_cfg, name)
-        if isinstance(sub, Section) and "vocab_size" in type(sub).model_fields and getattr(sub, "init", None):
-            return sub.init
-    return None
-
-
-def run_tokenizer(cfg: RunConfig, run_dir: Path, resuming: bool) -> str | None:
-    """The tokenizer a run must use, as a directory or hub id: on resume always the run's own; else
-    ``data.tokenizer.path``, else the tokenizer of the checkpoint the text side starts from; None: the
-    task trains one (or has no text)."""
-    from xformer.trained.loading import tokenizer_dir
-
-    tok_cfg = getattr(getattr(cfg, "data", None), "tokenizer", None)
-    if tok_cfg is None:
-        return None
-    if resuming and (run_dir / "tokenizer").is_dir():
-        return str(run_dir / "tokenizer")
-    if tok_cfg.path is not None:
-        return tok_cfg.path
-    init = _vocabulary_init(cfg.model)
-    return tokenizer_dir(init) if init else None
-
-
-def run_task(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train ``cfg`` into its run directory (``cfg.out_dir``, default ``runs/<task>``); returns the final
-    train and validation metrics. ``cfg`` itself is not changed; the resolved config is saved with the run."""
-    from xformer.tasks import get_task
-
-    spec = get_task(cfg.task)
-    cfg = cfg.model_copy(deep=True)
-    run_dir = Path(cfg.out_dir or Path("runs") / cfg.task)
-    dist = distributed.setup(cfg.train.device)
-    try:
-        if dist.is_main:
-            prepare_dir(run_dir)
-        with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
-            has_checkpoint = latest_checkpoint(run_dir) is not None
-            resuming = resume and has_checkpoint
-            check_start(run_dir, cfg, resume, has_checkpoint)
-            if resume and not resuming and dist.is_main:
-                print(f"warning: --resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
-            if dist.is_main:
-                pin_data(run_dir, cfg, resuming)
-            tokenizer = run_tokenizer(cfg, run_dir, resuming)
-            with distributed.main_first(dist):
-                data = spec.load_data(cfg, tokenizer)
-            torch.manual_seed(cfg.train.seed)
-            built = spec.build(cfg, data)
-            cfg = cfg.model_copy(update={"model": built.model_config})
-            if dist.is_main:
-                _save_run_files(run_dir, cfg, built)
-            trainer = Trainer(cfg, built.model, built.task, run_dir, dist)
-            result = trainer.fit(resume=resuming)
-            if spec.finish is not None:
-                spec.finish(cfg, data, built, trainer, result)
-            return result
-    finally:
-        distributed.teardown()
-
-
-def _save_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
-    """The resolved config, the tokenizer (never replaced once written) and the class names."""
-    atomic_write_text(run_dir / "config.yaml", config_text(cfg))
-    if built.tokenizer is not None and not (run_dir / "tokenizer").is_dir():
-        built.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    if built.class_names is not None:
-        atomic_write_text(run_dir / "classes.json", json.dumps(built.class_names))
-    n_params = sum(p.numel() for p in built.model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters; {built.summary}; run dir: {run_dir}")

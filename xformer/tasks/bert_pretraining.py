@@ -107,23 +107,20 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
 
     from xformer.data import MLMMasker, prepare_pretraining_data
     from xformer.data.text.texts import TEXT_COLUMNS
-    from xformer.distributed import pick_device
     from xformer.trained.evaluate import LABELLED_TEXTS, TEXTS, check_data, task_scores
-    from xformer.trained.loading import load, tokenizer_dir
-    from xformer.tasks import read_run_config
+    from xformer.tasks.trained_run import load_run
 
-    cfg = read_run_config(run_dir)
     found = check_data(run_dir, "bert_pretraining", source, split, (TEXTS, LABELLED_TEXTS), "text")
+    run = load_run(run_dir, "bert_pretraining")
+    cfg, model, device = run.cfg, run.model, run.device
     # the run's text column, else the first usual one the data has (sst2: sentence)
     column = next((c for c in (cfg.data.text_column, *TEXT_COLUMNS) if c in found.columns), cfg.data.text_column)
-    device = pick_device("auto")
-    model = load(run_dir).to(device)
 
     def scores(objective: str) -> tuple[dict, dict, int]:
         data = prepare_pretraining_data(cfg.data.model_copy(update={
             "source": source, "split": split, "text_column": column, "max_documents": limit, "val_documents": 0,
             "objective": objective, "document_mask": cfg.data.document_mask and objective == "mlm",
-            "tokenizer": cfg.data.tokenizer.model_copy(update={"path": tokenizer_dir(run_dir)}),
+            "tokenizer": cfg.data.tokenizer.model_copy(update={"path": run.tokenizer_dir}),
         }))
         masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
                            random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
@@ -147,13 +144,14 @@ def export(run_dir: Path, out_dir: Path) -> str:
     """Export as HF ModernBERT when the model is ModernBERT-shaped (rotary positions), else as HF BERT."""
     from xformer.interop.hf_bert import export_bert
     from xformer.interop.hf_modernbert import export_modernbert, is_modernbert
-    from xformer.trained.loading import load, load_tokenizer
+    from xformer.tasks.trained_run import load_run
 
-    model = load(run_dir)
+    run = load_run(run_dir, "bert_pretraining", device="cpu")
+    model = run.model
     if is_modernbert(model.config):
-        export_modernbert(model, out_dir, tokenizer=load_tokenizer(run_dir))
+        export_modernbert(model, out_dir, tokenizer=run.tokenizer)
         return "transformers.ModernBertForMaskedLM"
-    export_bert(model, out_dir, tokenizer=load_tokenizer(run_dir))
+    export_bert(model, out_dir, tokenizer=run.tokenizer)
     return "transformers.BertForPreTraining" if model.config.nsp else "transformers.BertForMaskedLM"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +18,17 @@ from xformer.data.image.augment import normalize, random_hflip, random_resized_c
 from xformer.errors import XformerError
 from xformer.losses import contrastive_loss, contrastive_metrics
 from xformer.tasks.base import Built, TaskSpec
-from xformer.trained.zeroshot import CIFAR10_TEMPLATES, preprocess, retrieval_eval, zeroshot_eval
+from xformer.trained.zeroshot import (
+    CIFAR10_TEMPLATES,
+    check_class_names,
+    check_templates,
+    preprocess,
+    retrieval_eval,
+    zeroshot_eval,
+)
+
+TOWERS = ("vision", "text")
+ZEROSHOT_PREFIX = "zs_"  # of the zero-shot scores among the validation metrics
 
 
 class ClipAugmentConfig(Section):
@@ -49,16 +60,28 @@ class ContrastiveConfig(RunConfig):
     eval: ZeroShotConfig = ZeroShotConfig()
 
 
+@dataclass(frozen=True)
+class ZeroShotSet:
+    """Labelled images to classify zero-shot: uint8 ``images`` (N, C, H, W), class indices ``labels`` (N,),
+    the ``classes`` the prompts are built from, and ``where`` the images come from (named in errors)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    where: str
+
+
 class ContrastiveTask:
     """Draws one caption per image (at random when training, the first when evaluating), augments the
     images on the device, and trains on the symmetric contrastive loss. ``evaluate(model)`` adds
-    zero-shot classification and retrieval to the trainer's validation metrics."""
+    zero-shot classification and retrieval to the trainer's validation metrics; a trained run is scored
+    by the same method (:func:`evaluate`)."""
 
     local_rows = True  # caption and crop draws are made for a whole micro-batch and sliced; the loss gathers
 
-    def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize, zeroshot_data=None):
+    def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize, zeroshot_data: ZeroShotSet | None = None):
         self.cfg, self.train_data, self.val_data, self.tokenize = cfg, train_data, val_data, tokenize
-        self.zeroshot_data = zeroshot_data  # (images uint8, labels, class names) or None
+        self.zeroshot_data = zeroshot_data
         self.size = cfg.model.vision.image_size
 
     def param_groups(self, model: nn.Module) -> list[dict]:
@@ -76,6 +99,7 @@ class ContrastiveTask:
                 {"params": no_decay, "weight_decay": 0.0}]
 
     def transform(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Evaluation images: uint8 (B, C, H, W) -> normalised float (B, C, S, S), nothing random."""
         return preprocess(pixel_values, self.size, self.cfg.data.mean, self.cfg.data.std)
 
     def prepare(self, batch: dict, generator: torch.Generator, train: bool,
@@ -114,16 +138,17 @@ class ContrastiveTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """Zero-shot (``zs_`` metrics) and retrieval on the validation pairs, as configured in ``eval``."""
+        """Zero-shot (``zs_`` metrics) on ``zeroshot_data`` and retrieval on the validation pairs, as
+        configured in ``eval``."""
         ecfg, device = self.cfg.eval, next(model.parameters()).device
         was_training = model.training
         model.eval()
         scores = {}
         if self.zeroshot_data is not None:
-            images, labels, classes = self.zeroshot_data
-            zs = zeroshot_eval(model, images, labels, classes, ecfg.templates or CIFAR10_TEMPLATES,
-                               self.tokenize, self.transform, device, ecfg.batch_size, where=f"eval.source {ecfg.source}")
-            scores.update({f"zs_{k}": v for k, v in zs.items()})
+            zs = self.zeroshot_data
+            found = zeroshot_eval(model, zs.images, zs.labels, zs.classes, ecfg.templates or CIFAR10_TEMPLATES,
+                                  self.tokenize, self.transform, device, ecfg.batch_size, where=zs.where)
+            scores.update({f"{ZEROSHOT_PREFIX}{k}": v for k, v in found.items()})
         if ecfg.retrieval and self.val_data is not None:
             scores.update(retrieval_eval(model, self.val_data, self.tokenize, self.transform, device, ecfg.batch_size))
         model.train(was_training)
@@ -133,48 +158,55 @@ class ContrastiveTask:
 # ----------------------------------------------------------------------------- data and model
 
 
-def load_data(cfg: ContrastiveConfig, tokenizer: str | None):
-    """(caption pairs (images cached), (images, labels, class names) for zero-shot evaluation or None)."""
-    from xformer.data.image.captions import load_caption_data
+def zeroshot_set(source, split: str, max_images: int | None, classes: list[str] | None, cache_dir,
+                 keys: tuple[str, str]) -> ZeroShotSet:
+    """The labelled images of ``source`` for zero-shot scoring, named by ``classes`` (default: the data's
+    class names); ``keys`` name the data and the class names in errors (``eval.source`` / ``eval.classes``
+    of a recipe, ``--data`` / ``--classes`` of the CLI)."""
     from xformer.data.image.images import load_image_data
+
+    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images,
+                                           cache_dir=cache_dir), for_training=False)
+    names = classes or data.class_names
+    check_class_names(names, keys[1])
+    return ZeroShotSet(data.train.images, data.train.labels, names, f"{keys[0]} {source}")
+
+
+def load_data(cfg: ContrastiveConfig, tokenizer: str | None):
+    """(caption pairs (images cached), a :class:`ZeroShotSet` for zero-shot evaluation or None)."""
+    from xformer.data.image.captions import load_caption_data
     from xformer.trained.loading import load_tokenizer
-    from xformer.trained.zeroshot import check_class_names, check_templates
 
     if cfg.eval.templates is not None:
         check_templates(cfg.eval.templates, "eval.templates")
     pairs = load_caption_data(cfg.data, load_tokenizer(tokenizer) if tokenizer else None)
-    zeroshot = None
-    if cfg.eval.source is not None:
-        zs = load_image_data(ImageDataConfig(source=cfg.eval.source, split=cfg.eval.split, val_size=0,
-                                             max_images=cfg.eval.max_images, cache_dir=cfg.data.cache_dir),
-                             for_training=False)
-        classes = cfg.eval.classes or zs.class_names
-        check_class_names(classes, "eval.classes")
-        zeroshot = (zs.train.images, zs.train.labels, classes)
+    ecfg = cfg.eval
+    zeroshot = None if ecfg.source is None else zeroshot_set(
+        ecfg.source, ecfg.split, ecfg.max_images, ecfg.classes, cfg.data.cache_dir, ("eval.source", "eval.classes"))
     return pairs, zeroshot
 
 
 def clip_model(mcfg: ClipConfig, vocab_size: int) -> tuple[nn.Module, ClipConfig]:
     """A fresh CLIP, a whole one from ``model.init``, or one whose towers start from ``model.vision.init``
-    (a ViT) / ``model.text.init`` (a BERT); with its resolved config (see :mod:`xformer.trained.init`)."""
-    from xformer.trained.init import init_from, load_source, load_weights, merge_config
+    (a ViT) / ``model.text.init`` (a BERT); with its resolved config (see :mod:`xformer.trained.init`).
+
+    Both towers start the same way: the architecture of the tower's checkpoint (the recipe's runtime keys
+    kept), the whole CLIP built, then the checkpoint's weights loaded into the tower."""
     from xformer.models import CLIPModel
+    from xformer.trained.init import init_from, load_source, load_weights, merge_config
 
     if mcfg.init is not None:
         return init_from(mcfg)
-    sources = {}
-    for what in ("vision", "text"):
-        tower = getattr(mcfg, what)
-        if tower.init is not None:
-            sources[what] = load_source(tower.init, tower, f"model.{what}.init")
-            mcfg = mcfg.model_copy(update={what: merge_config(tower, sources[what].config)})
+    towers = {what: getattr(mcfg, what) for what in TOWERS if getattr(mcfg, what).init is not None}
+    sources = {what: load_source(tower.init, tower, f"model.{what}.init") for what, tower in towers.items()}
+    mcfg = mcfg.model_copy(update={what: merge_config(towers[what], source.config) for what, source in sources.items()})
     if mcfg.text.vocab_size is None:
         mcfg = mcfg.model_copy(update={"text": mcfg.text.model_copy(update={"vocab_size": vocab_size})})
     elif mcfg.text.vocab_size < vocab_size:
         raise XformerError(f"model.text.vocab_size={mcfg.text.vocab_size} is smaller than the tokenizer's {vocab_size}")
     model = CLIPModel(mcfg)
     for what, source in sources.items():
-        load_weights(getattr(model, what), source, f"model.{what}.init={getattr(mcfg, what).init}")
+        load_weights(getattr(model, what), source, f"model.{what}.init={towers[what].init}")
     return model, mcfg
 
 
@@ -196,105 +228,43 @@ def finish(cfg: ContrastiveConfig, data, built: Built, trainer, result: dict) ->
 # ----------------------------------------------------------------------------- on a trained run
 
 
-def _load_run(run_dir: str | Path):
-    """(model on the device, tokenize, image transform, device, config) of a CLIP run or checkpoint."""
-    from xformer.data.image.captions import Tokenize
-    from xformer.trained.loading import load, load_tokenizer
-    from xformer.models import CLIPModel
-    from xformer.tasks import read_run_config
-
-    run_dir = Path(run_dir)
-    model = load(run_dir)
-    if not isinstance(model, CLIPModel):
-        raise XformerError(f"{run_dir}: a {type(model).__name__}, not an image-text (CLIP) model")
-    cfg = read_run_config(run_dir if (run_dir / "config.yaml").is_file() else run_dir.parent.parent)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = cfg.model.vision.image_size
-    transform = lambda x: preprocess(x, size, cfg.data.mean, cfg.data.std)  # noqa: E731
-    return model.to(device), Tokenize(load_tokenizer(run_dir), cfg.data.max_text_len), transform, device, cfg
-
-
-def _write_scores(run_dir: Path, kind: str, source, count: int, scores: dict) -> None:
-    from xformer.train.checkpoint import atomic_write_text
-
-    name = Path(source if isinstance(source, str) else source[0]).stem.replace(":", "_")  # cifar10:train
-    out = Path(run_dir) / f"{kind}_{name}.json"
-    atomic_write_text(out, json.dumps({"source": source, "images": count, **scores}, indent=2))
-    print(f"{kind} {source}: {count} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" -> {out}")
-
-
-def zeroshot_scores(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
-                    templates: list[str] | None = None, max_images: int | None = None,
-                    batch_size: int = 256) -> tuple[dict, int]:
-    """(zero-shot scores, number of images) of a trained run on a labelled image source; ``templates``
-    default to the run's ``eval.templates``, else the CIFAR-10 ones."""
-    from xformer.data.image.images import load_image_data
-    from xformer.trained.zeroshot import check_class_names, check_templates
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None, mode: str | None = None,
+             classes: list[str] | None = None, templates: list[str] | None = None) -> dict:
+    """``xformer eval`` (and ``xformer zeroshot`` / ``retrieval``): the run's model scored by
+    :meth:`ContrastiveTask.evaluate` on the first ``limit`` images of ``source``: zero-shot scores
+    (``zs_``; ``classes`` default to the data's, ``templates`` to the run's ``eval.templates``) of labelled
+    images, or image-text recall@K of image-caption pairs. ``mode`` (``zeroshot`` or ``retrieval``) says
+    which; None: as ``source`` holds. Returns the scores and the number of ``images``."""
+    from xformer.data.cache import default_cache_dir
+    from xformer.data.image.captions import CaptionDataset, Tokenize, load_pairs
+    from xformer.trained.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
+    from xformer.tasks.trained_run import load_run
 
     if templates is not None:
         check_templates(templates, "--template")
-    if max_images is not None and max_images <= 0:
-        raise XformerError(f"--max-images {max_images}: give a positive number of images")
-    model, tokenize, transform, device, cfg = _load_run(run_dir)
-    templates = templates or cfg.eval.templates or CIFAR10_TEMPLATES
-    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images),
-                           for_training=False)
-    names = classes or data.class_names
-    check_class_names(names, "--classes")
-    scores = zeroshot_eval(model, data.train.images, data.train.labels, names, templates, tokenize, transform,
-                           device, batch_size, where=f"--data {source}")
-    return scores, len(data.train)
-
-
-def zeroshot_run(run_dir: str | Path, source, split: str = "test", classes: list[str] | None = None,
-                 templates: list[str] | None = None, max_images: int | None = None, batch_size: int = 256) -> dict:
-    """``xformer zeroshot``: :func:`zeroshot_scores`, written to ``RUN_DIR/zeroshot_<source name>.json``;
-    returns the scores."""
-    scores, count = zeroshot_scores(run_dir, source, split, classes, templates, max_images, batch_size)
-    _write_scores(run_dir, "zeroshot", source, count, scores)
-    return scores
-
-
-def retrieval_scores(run_dir: str | Path, source, split: str = "test", max_images: int | None = None,
-                     batch_size: int = 256) -> tuple[dict, int]:
-    """(image-text recall@K, number of images) of a trained run on an image-caption source."""
-    from xformer.data.image.captions import CaptionDataset, _load_pairs
-    from xformer.data.cache import default_cache_dir
-
-    model, tokenize, transform, device, cfg = _load_run(run_dir)
-    data_cfg = cfg.data.model_copy(update={"max_images": max_images})
-    images, captions = _load_pairs(source, split, "--data", data_cfg, default_cache_dir(cfg.data))
-    dataset = CaptionDataset(images, captions, tokenize)
-    return retrieval_eval(model, dataset, tokenize, transform, device, batch_size), len(dataset)
-
-
-def retrieval_run(run_dir: str | Path, source, split: str = "test", batch_size: int = 256) -> dict:
-    """``xformer retrieval``: :func:`retrieval_scores`, written to ``RUN_DIR/retrieval_<source name>.json``;
-    returns the scores."""
-    scores, count = retrieval_scores(run_dir, source, split, batch_size=batch_size)
-    _write_scores(run_dir, "retrieval", source, count, scores)
-    return scores
-
-
-def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
-    """``xformer eval``: zero-shot scores (``zs_``, with the run's ``eval.templates``) on labelled images,
-    or image-text recall@K on image-caption pairs, as ``source`` holds; the first ``limit`` images."""
-    from xformer.trained.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
-
-    wants = "labelled images (zero-shot) or image-caption pairs (retrieval)"
-    found = check_data(run_dir, "contrastive", source, split, (LABELLED_IMAGES, CAPTIONED_IMAGES), wants)
-    if found.kind == CAPTIONED_IMAGES:
-        scores, count = retrieval_scores(run_dir, source, split, limit)
-        return {**scores, "images": count}
-    scores, count = zeroshot_scores(run_dir, source, split, max_images=limit)
-    return {**{f"zs_{k}": v for k, v in scores.items()}, "images": count}
+    run = load_run(run_dir, "contrastive")
+    cfg, tokenize = run.cfg, Tokenize(run.tokenizer, run.cfg.data.max_text_len)
+    if mode is None:
+        wants = "labelled images (zero-shot) or image-caption pairs (retrieval)"
+        found = check_data(run_dir, "contrastive", source, split, (LABELLED_IMAGES, CAPTIONED_IMAGES), wants)
+        mode = "retrieval" if found.kind == CAPTIONED_IMAGES else "zeroshot"
+    pairs = zeroshot = None
+    if mode == "retrieval":
+        data_cfg = cfg.data.model_copy(update={"max_images": limit})
+        pairs = CaptionDataset(*load_pairs(source, split, "--data", data_cfg, default_cache_dir(cfg.data)), tokenize)
+    else:
+        zeroshot = zeroshot_set(source, split, limit, classes, None, ("--data", "--classes"))
+    ecfg = cfg.eval.model_copy(update={"templates": templates or cfg.eval.templates, "retrieval": True})
+    task = ContrastiveTask(cfg.model_copy(update={"eval": ecfg}), None, pairs, tokenize, zeroshot)
+    return {**task.evaluate(run.model), "images": len(pairs if pairs is not None else zeroshot.images)}
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_clip import export_clip
-    from xformer.trained.loading import load, load_tokenizer
+    from xformer.tasks.trained_run import load_run
 
-    export_clip(load(run_dir), out_dir, tokenizer=load_tokenizer(run_dir))
+    run = load_run(run_dir, "contrastive", device="cpu")
+    export_clip(run.model, out_dir, tokenizer=run.tokenizer)
     return "transformers.CLIPModel"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -122,14 +121,13 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     """``xformer eval``: loss, accuracy, per-class accuracy and confusion matrix of the run's model on every
     image of ``source`` (the first ``limit``), whose classes must be the run's."""
     from xformer.data.image.images import ImageDataset, load_image_data
-    from xformer.distributed import pick_device
-    from xformer.trained.evaluate import LABELLED_IMAGES, check_data, classification_report, run_classes
-    from xformer.trained.loading import load
-    from xformer.tasks import read_run_config
+    from xformer.trained.evaluate import LABELLED_IMAGES, check_data, classification_report
+    from xformer.tasks.trained_run import load_run
 
-    cfg = read_run_config(run_dir)
+    run = load_run(run_dir, "image_classification")
+    cfg = run.cfg
     check_data(run_dir, "image_classification", source, split, (LABELLED_IMAGES,), "labelled images", cfg.data)
-    class_names = run_classes(run_dir)
+    class_names = run.class_names
     data_cfg = cfg.data.model_copy(update={
         "source": source, "split": split, "val_source": None, "val_size": 0,
         "test_source": None, "max_images": limit,
@@ -144,24 +142,19 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     if data.class_names != class_names:  # e.g. a few of the run's classes: the run's class indices
         remap = torch.tensor([class_names.index(c) for c in data.class_names])
         dataset = ImageDataset(dataset.images, remap[dataset.labels])
-    device = pick_device("auto")
-    model = load(run_dir).to(device)
     augmenter = _augmenter(cfg, len(class_names), cfg.model.image_size)
-    return classification_report(model, dataset, augmenter, class_names, cfg.train.batch_size, device)
+    return classification_report(run.model, dataset, augmenter, class_names, cfg.train.batch_size, run.device)
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_vit import export_vit
-    from xformer.trained.loading import load
     from xformer.models import ViTForImageClassification
+    from xformer.tasks.trained_run import load_run
 
-    model = load(run_dir)
-    if not isinstance(model, ViTForImageClassification):
-        raise XformerError(f"{run_dir}: no HF export for a {type(model).__name__} (ViT image classifiers export)")
-    classes = Path(run_dir) / "classes.json"
-    if not classes.is_file():
-        classes = Path(run_dir).parent.parent / "classes.json"  # a checkpoint directory
-    export_vit(model, out_dir, class_names=json.loads(classes.read_text()) if classes.is_file() else None)
+    run = load_run(run_dir, "image_classification", device="cpu")
+    if not isinstance(run.model, ViTForImageClassification):
+        raise XformerError(f"{run_dir}: no HF export for a {type(run.model).__name__} (ViT image classifiers export)")
+    export_vit(run.model, out_dir, class_names=run.class_names)
     return "transformers.ViTForImageClassification"
 
 

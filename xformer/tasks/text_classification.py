@@ -84,15 +84,13 @@ def build(cfg: TextClassificationConfig, data) -> Built:
 def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None) -> dict:
     """``xformer eval``: loss and accuracy of the run's classifier on the labelled texts of ``source`` (the
     first ``limit``), read as in training (its text / label columns) and mapped onto the run's classes."""
-    from xformer.data.text.texts import _tokenized, read_labelled_texts
-    from xformer.distributed import pick_device
-    from xformer.trained.evaluate import LABELLED_TEXTS, check_data, run_classes, task_scores
-    from xformer.trained.loading import load, load_tokenizer
-    from xformer.tasks import read_run_config
+    from xformer.data.text.texts import read_labelled_texts, tokenize_examples
+    from xformer.trained.evaluate import LABELLED_TEXTS, check_data, task_scores
+    from xformer.tasks.trained_run import load_run
 
-    cfg = read_run_config(run_dir)
+    run = load_run(run_dir, "text_classification")
+    cfg, classes = run.cfg, run.class_names
     check_data(run_dir, "text_classification", source, split, (LABELLED_TEXTS,), "labelled texts", cfg.data)
-    classes = run_classes(run_dir)
     if classes is None:
         raise XformerError(f"{run_dir}: no classes.json, so the run's labels are not known")
     texts, raw = read_labelled_texts(source, split, cfg.data.model_copy(update={"max_examples": limit}), "--data")
@@ -102,10 +100,9 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
         shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
         raise XformerError(f"--data {source}: {len(unknown)} labels the run never trained on ({shown}); "
                            f"its classes are {', '.join(map(repr, classes))}")
-    dataset = _tokenized(texts, labels, classes, load_tokenizer(run_dir), cfg.data.max_seq_len, "--data")
-    device = pick_device("auto")
+    dataset = tokenize_examples(texts, labels, classes, run.tokenizer, cfg.data.max_seq_len, "--data")
     task = TextClassificationTask(dataset, None, len(classes))
-    metrics, counts = task_scores(load(run_dir).to(device), task, dataset, cfg.train.batch_size, device)
+    metrics, counts = task_scores(run.model, task, dataset, cfg.train.batch_size, run.device)
     return {**metrics, "examples": len(dataset), "tokens": int(counts["tokens"])}
 
 

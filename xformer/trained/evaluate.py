@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from xformer.train.checkpoint import atomic_write_text
-from xformer.data import catalog
 from xformer.data.image.captions import CAPTION_COLUMNS
-from xformer.data.image.sources import IMAGE_COLUMNS, _is_image_type
+from xformer.data.image.sources import IMAGE_COLUMNS
 from xformer.data.image.sources import LABEL_COLUMNS as IMAGE_LABEL_COLUMNS
-from xformer.data.sources import CORPUS_SUFFIXES, GLOB_CHARS, jsonl_records, load_hub, parquet_schema, resolve
+from xformer.data.sources import GLOB_CHARS, source_columns
 from xformer.data.text.texts import LABEL_COLUMNS as TEXT_LABEL_COLUMNS
 from xformer.data.text.texts import TEXT_COLUMNS
 from xformer.errors import XformerError
@@ -57,34 +56,12 @@ class DataKind:
     columns: tuple[str, ...]
 
 
-def _columns(source, split: str) -> tuple[list[str], set[str]]:
-    """(column names, those holding encoded images) of a source; text files have one column, ``text``."""
-    src = resolve(source, "--data", CORPUS_SUFFIXES, split, image_folder=True)
-    named = catalog.parse(src.name) if src.kind == "hub" else None
-    if named is not None:  # every copy of a catalogue set has its columns
-        return list(named[0].columns), set(named[0].columns) & set(IMAGE_COLUMNS)
-    if src.kind == "hub":
-        ds = load_hub(src)
-        features = getattr(ds, "features", None) or {}
-        return list(features), {n for n, f in features.items() if type(f).__name__ == "Image"}
-    if src.kind == "folder":
-        return ["image", "label"], {"image"}
-    first = src.files[0]
-    suffix = first.suffix.lower()
-    if suffix == ".parquet":
-        schema = parquet_schema(first)
-        return schema.names, {f.name for f in schema if _is_image_type(f.type)}
-    if suffix in (".jsonl", ".json"):
-        return list(next((record for _, record in jsonl_records(first)), {})), set()
-    return ["text"], set()
-
-
 def data_kind(source, split: str = "train", data_cfg=None) -> DataKind:
     """What ``source`` (its ``split``) holds, from its column names (and types): a column has a role when
     ``data_cfg`` (a run's data config) names it in ``<role>_column``, else when it has one of the role's
     usual names (:data:`ROLES`) or, for images, holds encoded images. Reads no rows (an HF dataset outside
     the catalogue is loaded to see its columns)."""
-    names, image_typed = _columns(source, split)
+    names, image_typed = source_columns(source, split, "--data")
 
     def has(role: str) -> bool:
         configured = getattr(data_cfg, f"{role}_column", None)
@@ -125,14 +102,6 @@ def eval_name(source, split: str = "train") -> str:
         name, _, in_value = first.partition(":")
         name = f"{name}_{in_value or split}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "data"
-
-
-def run_classes(run_dir: str | Path) -> list[str] | None:
-    """The class names a run trained on (``classes.json`` of the run, or of a checkpoint's run); None if none."""
-    for folder in (Path(run_dir), Path(run_dir).parent.parent):  # RUN/checkpoints/step_N -> RUN
-        if (folder / "classes.json").is_file():
-            return json.loads((folder / "classes.json").read_text())
-    return None
 
 
 # ----------------------------------------------------------------------------- scores
