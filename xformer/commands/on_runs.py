@@ -70,7 +70,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     """``xformer export RUN OUT``: the task's HF export."""
     spec = run_spec(args.run_dir)
     if spec is None or spec.export is None:
-        raise XformerError(f"{args.run_dir}: no HF export for {'an HF directory' if spec is None else spec.name + ' runs'} "
+        what = "an HF directory" if spec is None else f"{spec.name} runs"
+        raise XformerError(f"{args.run_dir}: no HF export for {what} "
                            f"(bert_pretraining, image_classification (ViT) and contrastive runs export)")
     kind = spec.export(Path(args.run_dir), Path(args.out_dir))
     print(f"exported {args.run_dir} to {args.out_dir} ({kind} format)")

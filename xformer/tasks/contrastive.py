@@ -18,6 +18,7 @@ from xformer.data.image.augment import normalize, random_hflip, random_resized_c
 from xformer.errors import XformerError
 from xformer.losses import contrastive_loss, contrastive_metrics
 from xformer.tasks.base import Built, TaskSpec
+from xformer.tasks.trained_run import load_run
 from xformer.trained.zeroshot import (
     CIFAR10_TEMPLATES,
     check_class_names,
@@ -79,7 +80,8 @@ class ContrastiveTask:
 
     local_rows = True  # caption and crop draws are made for a whole micro-batch and sliced; the loss gathers
 
-    def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize, zeroshot_data: ZeroShotSet | None = None):
+    def __init__(self, cfg: ContrastiveConfig, train_data, val_data, tokenize,
+                 zeroshot_data: ZeroShotSet | None = None):
         self.cfg, self.train_data, self.val_data, self.tokenize = cfg, train_data, val_data, tokenize
         self.zeroshot_data = zeroshot_data
         self.size = cfg.model.vision.image_size
@@ -228,8 +230,9 @@ def finish(cfg: ContrastiveConfig, data, built: Built, trainer, result: dict) ->
 # ----------------------------------------------------------------------------- on a trained run
 
 
-def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None, mode: str | None = None,
-             classes: list[str] | None = None, templates: list[str] | None = None) -> dict:
+def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = None,
+             mode: Literal["zeroshot", "retrieval"] | None = None, classes: list[str] | None = None,
+             templates: list[str] | None = None) -> dict:
     """``xformer eval`` (and ``xformer zeroshot`` / ``retrieval``): the run's model scored by
     :meth:`ContrastiveTask.evaluate` on the first ``limit`` images of ``source``: zero-shot scores
     (``zs_``; ``classes`` default to the data's, ``templates`` to the run's ``eval.templates``) of labelled
@@ -238,7 +241,6 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     from xformer.data.cache import default_cache_dir
     from xformer.data.image.captions import CaptionDataset, Tokenize, load_pairs
     from xformer.trained.evaluate import CAPTIONED_IMAGES, LABELLED_IMAGES, check_data
-    from xformer.tasks.trained_run import load_run
 
     if templates is not None:
         check_templates(templates, "--template")
@@ -261,7 +263,6 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
 
 def export(run_dir: Path, out_dir: Path) -> str:
     from xformer.interop.hf_clip import export_clip
-    from xformer.tasks.trained_run import load_run
 
     run = load_run(run_dir, "contrastive", device="cpu")
     export_clip(run.model, out_dir, tokenizer=run.tokenizer)
