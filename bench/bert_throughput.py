@@ -94,7 +94,7 @@ def model_flops(depth: int, dim: int, mlp_dim: int, lengths: torch.Tensor, maske
 
 
 def matmul_parameters(model: torch.nn.Module) -> int:
-    """Parameters outside embedding tables: the trainer's MFU count (``xformer.train.loop``)."""
+    """Parameters outside embedding tables: the trainer's MFU count (``xformer.train.metrics``)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
 
