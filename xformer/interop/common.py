@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -97,6 +98,34 @@ def fuse_qkv(src: dict[str, torch.Tensor], cfg, qkv_keys, out: dict, used: set) 
     return missing
 
 
+def take_keys(src: dict[str, torch.Tensor], pairs, out: dict, used: set) -> list[str]:
+    """``out[ours] = src[hf]`` for every (ours, hf) pair whose HF tensor is there, adding it to ``used``;
+    returns the HF names that are not."""
+    missing = []
+    for ours, hf in pairs:
+        if hf in src:
+            out[ours] = src[hf]
+            used.add(hf)
+        else:
+            missing.append(hf)
+    return missing
+
+
+def split_qkv(state: dict[str, torch.Tensor], cfg, qkv_keys, out: dict, zero_bias: bool = True) -> None:
+    """Our fused ``qkv`` of every block as HF's separate query/key/value tensors, added to ``out``: the
+    inverse of :func:`fuse_qkv`. Without ``qkv_bias`` the biases are zeros (the same function) where the HF
+    class always has them (``zero_bias``), else left out."""
+    for i in range(cfg.depth):
+        weight_key, weight_parts = qkv_keys(i, "weight")
+        weight = state[weight_key]
+        bias_key, bias_parts = qkv_keys(i, "bias")
+        bias = state.get(bias_key, weight.new_zeros(3 * cfg.dim) if zero_bias else None)
+        # clones own their storage: safetensors refuses tensors that share it
+        out.update(zip(weight_parts, [t.clone() for t in weight.chunk(3)]))
+        if bias is not None:
+            out.update(zip(bias_parts, [t.clone() for t in bias.chunk(3)]))
+
+
 def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor], tokenizer=None) -> Path:
     """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically.
 
@@ -130,3 +159,11 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
 def param_pairs(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:
     """(our key, HF key) for each parameter ``names`` of a module named ``ours`` here and ``hf`` there."""
     return [(f"{ours}.{n}", f"{hf}.{n}") for n in names]
+
+
+def warn_unused(src: dict, used: set, what: str) -> None:
+    """A warning naming the checkpoint tensors that ``what`` has no place for (heads of other tasks, buffers)."""
+    ignored = sorted(set(src) - used)
+    if ignored:
+        logging.getLogger("xformer.interop").warning(
+            "ignoring %d checkpoint tensors that %s does not use: %s", len(ignored), what, ", ".join(ignored))

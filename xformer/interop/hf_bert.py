@@ -18,16 +18,9 @@ from torch import nn
 
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
-from xformer.interop.common import (
-    CLASSIC_OPTIONS,
-    encoder_fields_from_hf,
-    encoder_fields_to_hf,
-    fuse_qkv,
-    param_pairs,
-    read_weights,
-    refuse_options,
-    write_hf_dir,
-)
+from xformer.interop.common import (CLASSIC_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
+                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, warn_unused,
+                                    write_hf_dir)
 from xformer.models.bert import BertConfig, BertForPreTraining, BertModel
 
 logger = logging.getLogger(__name__)
@@ -144,26 +137,15 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
     src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
     used = set(_HF_BUFFERS)
     out: dict[str, torch.Tensor] = {}
-    missing = []
-
-    def take(ours: str, hf: str, required: bool) -> None:
-        if hf in src:
-            out[ours] = src[hf]
-            used.add(hf)
-        elif required:
-            missing.append(hf)
-
-    for ours, hf in _encoder_keys(cfg):
-        take(ours, hf, required=True)
+    missing = take_keys(src, _encoder_keys(cfg), out, used)
     missing += fuse_qkv(src, cfg, _qkv_keys, out, used)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise XformerError(f"not a BERT checkpoint for this config: it lacks {', '.join(missing[:3])}{more}")
 
-    for ours, hf in _HEAD_KEYS:
-        take(ours, hf, required=False)
-    for hf in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
-        take("mlm.decoder.bias", hf, required=False)
+    take_keys(src, _HEAD_KEYS, out, used)  # optional: a BertModel has no heads
+    take_keys(src, [("mlm.decoder.bias", hf) for hf in ("cls.predictions.bias", "cls.predictions.decoder.bias")],
+              out, used)
     if any(k.startswith("mlm.") for k in out):
         word = out["bert.embeddings.word.weight"]
         decoder = src.get("cls.predictions.decoder.weight")
@@ -172,10 +154,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
         used.add("cls.predictions.decoder.weight")
         out["mlm.decoder.weight"] = word
 
-    ignored = sorted(set(src) - used)
-    if ignored:
-        logger.warning("ignoring %d checkpoint tensors that BERT pretraining does not use: %s",
-                       len(ignored), ", ".join(ignored))
+    warn_unused(src, used, "BERT pretraining")
     return out
 
 
@@ -188,14 +167,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[st
     """
     out = {hf: state[ours] for ours, hf in _encoder_keys(cfg)}
     out.update({hf: state[ours] for ours, hf in _HEAD_KEYS if ours in state})  # MLM-only: no pooler, no NSP
-    for i in range(cfg.depth):
-        weight_key, weight_parts = _qkv_keys(i, "weight")
-        bias_key, bias_parts = _qkv_keys(i, "bias")
-        weight = state[weight_key]
-        bias = state[bias_key] if bias_key in state else weight.new_zeros(3 * cfg.dim)
-        # clones own their storage: safetensors refuses tensors that share it
-        out.update(zip(weight_parts, [t.clone() for t in weight.chunk(3)]))
-        out.update(zip(bias_parts, [t.clone() for t in bias.chunk(3)]))
+    split_qkv(state, cfg, _qkv_keys, out)
     out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
     out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"] = state["mlm.decoder.bias"]
     return out

@@ -24,16 +24,8 @@ import transformers
 
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
-from xformer.interop.common import (
-    PRE_LN_OPTIONS,
-    encoder_fields_from_hf,
-    encoder_fields_to_hf,
-    fuse_qkv,
-    param_pairs,
-    read_weights,
-    refuse_options,
-    write_hf_dir,
-)
+from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
+                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, write_hf_dir)
 from xformer.models.clip import ClipConfig, CLIPModel, ClipVisionConfig, TextConfig
 
 logger = logging.getLogger(__name__)
@@ -189,13 +181,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ClipConfig) -> di
     """
     used = set(_HF_BUFFERS)
     out: dict[str, torch.Tensor] = {}
-    missing = []
-    for ours, hf in _keys(cfg):
-        if hf in hf_state:
-            out[ours] = hf_state[hf]
-            used.add(hf)
-        else:
-            missing.append(hf)
+    missing = take_keys(hf_state, _keys(cfg), out, used)
     for tower in ("vision", "text"):
         missing += fuse_qkv(hf_state, getattr(cfg, tower), _qkv_keys(tower), out, used)
     if missing:
@@ -220,15 +206,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ClipConfig) -> dict[st
     out[_CLS] = out[_CLS].reshape(-1)
     out[_POSITIONS] = out[_POSITIONS].reshape(-1, cfg.vision.dim)
     for tower in ("vision", "text"):
-        tower_cfg, qkv_keys = getattr(cfg, tower), _qkv_keys(tower)
-        for i in range(tower_cfg.depth):
-            weight_key, weight_parts = qkv_keys(i, "weight")
-            bias_key, bias_parts = qkv_keys(i, "bias")
-            weight = state[weight_key]
-            bias = state[bias_key] if bias_key in state else weight.new_zeros(3 * tower_cfg.dim)
-            # clones own their storage: safetensors refuses tensors that share it
-            out.update(zip(weight_parts, [t.clone() for t in weight.chunk(3)]))
-            out.update(zip(bias_parts, [t.clone() for t in bias.chunk(3)]))
+        split_qkv(state, getattr(cfg, tower), _qkv_keys(tower), out)
     return out
 
 

@@ -16,7 +16,6 @@ inference is identical.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -24,17 +23,9 @@ import transformers
 from torch import nn
 
 from xformer.errors import XformerError
-from xformer.interop.common import (
-    ACT_FROM_HF,
-    ACT_TO_HF,
-    param_pairs,
-    refuse_options,
-    write_hf_dir,
-)
+from xformer.interop.common import (ACT_FROM_HF, ACT_TO_HF, param_pairs, refuse_options, warn_unused, write_hf_dir)
 from xformer.interop.hf_bert import load_bert_family
 from xformer.models.bert import BertConfig, BertForPreTraining
-
-logger = logging.getLogger(__name__)
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
 # HF's flags for the biases; ours is one `bias` for all of them (the MLM decoder always has its own).
@@ -234,10 +225,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
         out["mlm.decoder.bias"] = src.get("decoder.bias", word.new_zeros(word.size(0)))
         used.update(("decoder.weight", "decoder.bias"))
 
-    ignored = sorted(set(src) - used)
-    if ignored:
-        logger.warning("ignoring %d checkpoint tensors that ModernBERT masked-LM does not use: %s",
-                       len(ignored), ", ".join(ignored))
+    warn_unused(src, used, "ModernBERT masked-LM")
     return out
 
 

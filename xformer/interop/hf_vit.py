@@ -18,16 +18,9 @@ import transformers
 
 from xformer.errors import XformerError
 from xformer.hub import fetch_from_hub
-from xformer.interop.common import (
-    PRE_LN_OPTIONS,
-    encoder_fields_from_hf,
-    encoder_fields_to_hf,
-    fuse_qkv,
-    param_pairs,
-    read_weights,
-    refuse_options,
-    write_hf_dir,
-)
+from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
+                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, warn_unused,
+                                    write_hf_dir)
 from xformer.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
 logger = logging.getLogger(__name__)
@@ -156,13 +149,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ViTConfig) -> dic
     src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
     used = {k for k in src if _UNUSED.match(k)}
     out: dict[str, torch.Tensor] = {}
-    missing = []
-    for ours, hf in _backbone_keys(cfg):
-        if hf in src:
-            out[ours] = src[hf]
-            used.add(hf)
-        else:
-            missing.append(hf)
+    missing = take_keys(src, _backbone_keys(cfg), out, used)
     missing += fuse_qkv(src, cfg, _qkv_keys, out, used)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -172,10 +159,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ViTConfig) -> dic
             out[ours] = src[hf]
             used.add(hf)
 
-    ignored = sorted(set(src) - used)
-    if ignored:
-        logger.warning("ignoring %d checkpoint tensors that ViT classification does not use: %s",
-                       len(ignored), ", ".join(ignored))
+    warn_unused(src, used, "ViT classification")
     return out
 
 
@@ -183,11 +167,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str
     """Convert our :class:`ViTForImageClassification` state dict to HF hub keys, which load strictly
     into ``transformers.ViTForImageClassification`` (through ``from_pretrained``)."""
     out = {hf: state[ours] for ours, hf in _backbone_keys(cfg) + _HEAD_KEYS}
-    for i in range(cfg.depth):
-        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            ours, parts = _qkv_keys(i, param)
-            # clones own their storage: safetensors refuses tensors that share it
-            out.update(zip(parts, [t.clone() for t in state[ours].chunk(3)]))
+    split_qkv(state, cfg, _qkv_keys, out, zero_bias=False)
     return out
 
 

@@ -16,7 +16,6 @@ that transformers is imported only for HF work.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from pydantic import Discriminator, Tag
 from torch import nn
 
 from xformer.config import Section, validate
-from xformer.errors import XformerError
+from xformer.errors import XformerError, did_you_mean
 from xformer.models.bert import BertClassifierConfig, BertConfig, BertForPreTraining, BertForSequenceClassification
 from xformer.models.clip import ClipConfig, CLIPModel
 from xformer.models.cnn import CNN, CNNConfig
@@ -96,8 +95,7 @@ DEFAULT_HF_MODEL_TYPE = "bert"
 def architecture(name: Any, origin: str = "model.arch") -> Architecture:
     """The architecture ``name``; XformerError naming the closest valid ones otherwise."""
     if not isinstance(name, str) or name not in ARCHITECTURES:
-        close = difflib.get_close_matches(str(name), ARCHITECTURES, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(name, ARCHITECTURES)
         raise XformerError(f"{origin}: model.arch {name!r} is not one of {', '.join(ARCHITECTURES)}{hint}")
     return ARCHITECTURES[name]
 

@@ -8,13 +8,12 @@ one at import time.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xformer.config import RunConfig, load_yaml, validate
-from xformer.errors import XformerError
+from xformer.errors import XformerError, did_you_mean
 
 if TYPE_CHECKING:
     from xformer.tasks.base import TaskSpec
@@ -31,8 +30,7 @@ DEFAULT_TASK = "bert_pretraining"
 def get_task(name: str, origin: str = "config") -> TaskSpec:
     """The spec of task ``name``; XformerError naming the closest valid task otherwise."""
     if not isinstance(name, str) or name not in TASKS:
-        close = difflib.get_close_matches(str(name), TASKS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(name, TASKS)
         raise XformerError(f"{origin}: unknown task {name!r}{hint} (valid tasks: {', '.join(TASKS)})")
     return importlib.import_module(TASKS[name]).TASK
 
