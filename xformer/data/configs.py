@@ -27,7 +27,7 @@ class TokenizerConfig(Section):
 class DataConfig(Section):
     """Corpus, tokenizer, BERT example creation and batch-time masking."""
 
-    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/text files/globs")
+    source: str | list[str] | None = Field(None, description="HF dataset name, or Parquet/text/JSONL/CSV/TSV files/globs")
     text_column: str = "text"
     split: str = "train"
     max_documents: int | None = Field(None, gt=0, description="the corpus's first N records, blank ones included")
