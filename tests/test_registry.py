@@ -30,7 +30,9 @@ def tiny_configs(tmp_path) -> dict[str, list]:
     return {
         "bert": [BertConfig(**ENCODER, vocab_size=50, max_position=16),
                  BertConfig(**ENCODER, **MODERN, vocab_size=50, max_position=16)],
-        "bert_classifier": [BertClassifierConfig(**ENCODER, vocab_size=50, max_position=16, num_classes=3)],
+        "bert_classifier": [BertClassifierConfig(**ENCODER, vocab_size=50, max_position=16, num_classes=3),
+                            BertClassifierConfig(**ENCODER, **{**MODERN, "nsp": True}, vocab_size=50, max_position=16, num_classes=1,
+                                                 classifier_pooling="mean")],
         "vit": [ViTConfig(**ENCODER, image_size=16, patch_size=8, num_classes=3)],
         "cnn": [CNNConfig(channels=(4, 8, 8), hidden=16, image_size=16, num_classes=3)],
         "hf_image": [HFImageConfig(init=f"hf:{tiny_resnet_dir(tmp_path)}", image_size=16, num_classes=3)],

@@ -1,5 +1,5 @@
 """BERT: its configs, the token encoder + pooler, the MLM + NSP pretraining heads, and a sequence
-classification head."""
+classification head (BERT's, or ModernBERT's for rotary models)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,19 @@ class BertConfig(TokenEncoderConfig):
 
 
 class BertClassifierConfig(BertConfig):
-    """BERT with a classification head on the pooled [CLS] token (e.g. SST-2 sentiment)."""
+    """BERT with a classification (or regression) head on the pooled sequence (e.g. SST-2 sentiment, STS-B).
+
+    A classic BERT pools with its tanh pooler on [CLS] (HF ``BertForSequenceClassification``); a rotary
+    (ModernBERT-family) one with ModernBERT's head: [CLS] or the mean of the real tokens
+    (``classifier_pooling``), then dense, activation, LayerNorm (HF ``ModernBertForSequenceClassification``).
+    """
 
     arch: Literal["bert_classifier"] = "bert_classifier"
-    num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    nsp: Literal[True] = Field(True, description="the classifier reads the pooled [CLS] token")
+    num_classes: int | None = Field(None, gt=0, description="None: taken from the data; 1: regression (one score)")
+    nsp: Literal[True] = Field(True, description="the classifier reads the pooled [CLS] token (classic BERT)")
+    classifier_pooling: Literal["cls", "mean"] = Field(
+        "cls", description="rotary (ModernBERT) models: pool the [CLS] token or the mean of the real tokens; "
+        "a classic BERT always reads [CLS] through its tanh pooler")
 
     runtime_keys: ClassVar[frozenset[str]] = BertConfig.runtime_keys | {"num_classes"}
 
@@ -51,9 +59,10 @@ class BertModel(TokenEncoder):
     """The BERT encoder: :class:`TokenEncoder`, post-LN (or pre-LN), and the tanh pooler on [CLS] (none when
     ``cfg.nsp`` is False: MLM-only pretraining has no use for it; ``pooler_output`` is then None)."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, pooler: bool | None = None):
+        """``pooler``: whether to build the tanh pooler (None: with ``cfg.nsp``)."""
         super().__init__(cfg)
-        self.pooler = nn.Linear(cfg.dim, cfg.dim) if cfg.nsp else None
+        self.pooler = nn.Linear(cfg.dim, cfg.dim) if (cfg.nsp if pooler is None else pooler) else None
         self.apply(lambda m: init_weights(m, cfg.init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -117,26 +126,71 @@ class BertForPreTraining(nn.Module):
 
 @dataclass
 class SequenceClassifierOutput:
-    logits: torch.Tensor  # (B, K)
+    logits: torch.Tensor  # (B, K); K = 1 for regression
+
+
+def uses_modern_head(cfg: BertConfig) -> bool:
+    """Whether a classifier of ``cfg`` has ModernBERT's head (rotary positions) rather than BERT's pooler."""
+    return cfg.position == "rotary"
+
+
+class PredictionHead(nn.Module):
+    """ModernBERT's head on the pooled sequence: dense D -> D, activation, LayerNorm (biases per ``cfg.bias``)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.act]
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(x)))  # (B, D) -> (B, D)
+
+
+def mean_pool(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the hidden states ``x`` (B, T, D) over the real tokens of ``attention_mask`` (B, T) -> (B, D)."""
+    if attention_mask is None:
+        return x.mean(dim=1)
+    mask = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * mask).sum(dim=1) / mask.sum(dim=1)
 
 
 class BertForSequenceClassification(nn.Module):
-    """BERT with dropout and a linear head on the pooled [CLS] token (the tanh pooler's output), as HF's."""
+    """A BERT classifier, as HF's: the tanh pooler's output on [CLS], dropout and a linear head (classic
+    BERT); or, for rotary models, ModernBERT's: [CLS] or mean pooling (``classifier_pooling``), the
+    :class:`PredictionHead` (``transform``), dropout and a linear head. ``num_classes`` = 1 is regression:
+    ``logits[:, 0]`` is the predicted score."""
 
     backbone_prefix = "bert."
-    head_prefixes = ("head.", "bert.pooler.")  # an MLM-only checkpoint has no pooler
+    # what may start fresh from a checkpoint without them: an MLM-only checkpoint has no pooler
+    head_prefixes = ("head.", "transform.", "bert.pooler.")
 
     def __init__(self, cfg: BertClassifierConfig):
         super().__init__()
         if cfg.num_classes is None:
             raise ValueError("BertClassifierConfig.num_classes must be set (it is taken from the data)")
         self.config = cfg
-        self.bert = BertModel(cfg)
+        modern = uses_modern_head(cfg)
+        self.bert = BertModel(cfg, pooler=not modern)
+        self.transform = PredictionHead(cfg) if modern else None
+        if self.transform is not None:
+            self.transform.apply(lambda m: init_weights(m, cfg.init_std))
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         init_weights(self.head, cfg.init_std)
 
+    def pool(self, out: BertOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The sequence summary the linear head reads: (B, T, D) hidden states -> (B, D)."""
+        if self.transform is None:
+            return out.pooler_output
+        x = out.last_hidden_state
+        pooled = x[:, 0] if self.config.classifier_pooling == "cls" else mean_pool(x, attention_mask)
+        return self.transform(pooled)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, D)
+        """input_ids, attention_mask, token_type_ids (segment 0 for ``[CLS] a [SEP]``, 1 for ``b [SEP]``;
+        ignored without segment embeddings): (B, T) -> logits (B, K)."""
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        pooled = self.pool(out, attention_mask)  # (B, D)
         return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))  # (B, K)
