@@ -167,3 +167,40 @@ def warn_unused(src: dict, used: set, what: str) -> None:
     if ignored:
         logging.getLogger("xformer.interop").warning(
             "ignoring %d checkpoint tensors that %s does not use: %s", len(ignored), what, ", ".join(ignored))
+
+
+# ----------------------------------------------------------------------------- sequence classifiers
+
+
+def is_classifier(hf_config) -> bool:
+    """Whether an HF config is a sequence classifier's (``architectures`` names a ``*ForSequenceClassification``)."""
+    return any(str(a).endswith("ForSequenceClassification") for a in getattr(hf_config, "architectures", None) or ())
+
+
+def class_names_from_hf(hf_config) -> list[str] | None:
+    """The class names of an HF classifier config in id order (its ``id2label``); None when they are HF's
+    placeholders (``LABEL_0``, ``LABEL_1``, ...), which name nothing, or for a regression (one label)."""
+    id2label = {int(i): str(name) for i, name in (getattr(hf_config, "id2label", None) or {}).items()}
+    names = [id2label.get(i, f"LABEL_{i}") for i in range(len(id2label))]
+    if len(names) < 2 or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
+
+
+def classifier_to_hf(num_classes: int, class_names: list[str] | None, architecture: str) -> dict:
+    """The HF config keys of a sequence classifier with ``num_classes`` outputs (1: a regression,
+    ``problem_type`` "regression" as HF's ``num_labels=1``): ``architectures``, ``num_labels``,
+    ``id2label`` / ``label2id`` from ``class_names`` (HF's ``LABEL_i`` without them) and ``problem_type``.
+    XformerError when there are class names but not one per class."""
+    if num_classes == 1 and class_names is not None and len(class_names) != 1:
+        class_names = None  # a regression run's classes.json names no classes
+    if class_names is not None and len(class_names) != num_classes:
+        raise XformerError(f"{len(class_names)} class names for a model with {num_classes} classes")
+    names = [str(n) for n in class_names] if class_names is not None else [f"LABEL_{i}" for i in range(num_classes)]
+    return {
+        "architectures": [architecture],
+        "num_labels": num_classes,
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+        "problem_type": "regression" if num_classes == 1 else "single_label_classification",
+    }

@@ -23,9 +23,10 @@ import transformers
 from torch import nn
 
 from xformer.errors import XformerError
-from xformer.interop.common import (ACT_FROM_HF, ACT_TO_HF, param_pairs, refuse_options, warn_unused, write_hf_dir)
+from xformer.interop.common import (ACT_FROM_HF, ACT_TO_HF, classifier_to_hf, is_classifier, param_pairs,
+                                    refuse_options, warn_unused, write_hf_dir)
 from xformer.interop.hf_bert import load_bert_family
-from xformer.models.bert import BertConfig, BertForPreTraining
+from xformer.models.bert import BertClassifierConfig, BertConfig, BertForPreTraining, BertForSequenceClassification
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
 # HF's flags for the biases; ours is one `bias` for all of them (the MLM decoder always has its own).
@@ -62,7 +63,9 @@ def _rope_theta(hf_config, layer_type: str) -> float:
 
 
 def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
-    """Our :class:`BertConfig` for an HF ModernBERT config; XformerError for settings we cannot reproduce."""
+    """Our :class:`BertConfig` for an HF ModernBERT config (a :class:`BertClassifierConfig` with
+    ``num_labels`` classes and its ``classifier_pooling`` for a ``ModernBertForSequenceClassification``);
+    XformerError for settings we cannot reproduce."""
     model_type = getattr(hf_config, "model_type", None)
     if model_type != "modernbert":
         raise XformerError(f"expected an HF ModernBERT config (model_type 'modernbert'), got model_type {model_type!r}")
@@ -80,7 +83,7 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
                            f"{act!r}; xformer's MLM head uses the blocks' activation")
     global_every = _global_every(list(hf_config.layer_types))
     bias = biases["attention_bias"]
-    return BertConfig(
+    fields = dict(
         dim=hf_config.hidden_size,
         depth=hf_config.num_hidden_layers,
         num_heads=hf_config.num_attention_heads,
@@ -106,8 +109,11 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> BertConfig:
         max_position=hf_config.max_position_embeddings,
         type_vocab_size=0,
         pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
-        nsp=False,
     )
+    if is_classifier(hf_config):
+        return BertClassifierConfig(**fields, num_classes=hf_config.num_labels,
+                                    classifier_pooling=hf_config.classifier_pooling)
+    return BertConfig(**fields, nsp=False)
 
 
 def is_modernbert(cfg: BertConfig) -> bool:
@@ -115,15 +121,20 @@ def is_modernbert(cfg: BertConfig) -> bool:
     return cfg.position == "rotary"
 
 
-def config_to_hf(cfg: BertConfig, tokenizer: transformers.PreTrainedTokenizerBase | None = None
-                 ) -> transformers.ModernBertConfig:
-    """The HF ``ModernBertConfig`` (architecture ``ModernBertForMaskedLM``) for our config.
+def config_to_hf(cfg: BertConfig, tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+                 class_names: list[str] | None = None) -> transformers.ModernBertConfig:
+    """The HF ``ModernBertConfig`` (architecture ``ModernBertForMaskedLM``; for a classifier
+    ``ModernBertForSequenceClassification``, with ``class_names`` as its ``id2label``, see
+    :func:`~xformer.interop.common.classifier_to_hf`) for our config.
 
     The special-token ids (cls, sep, bos, eos) come from ``tokenizer`` when given, else are unset.
     Raises XformerError naming the first key ModernBERT cannot express (absolute positions, post-LN,
     an ungated MLP, segment embeddings, the NSP head, biases in some parts only, ...).
     """
-    refuse_options({"model": cfg}, _MODERN_OPTIONS, "ModernBERT")
+    classifier = isinstance(cfg, BertClassifierConfig)
+    # a classifier's nsp names BERT's pooler, which a rotary classifier does not build
+    refuse_options({"model": cfg}, {k: v for k, v in _MODERN_OPTIONS.items() if not (classifier and k == "nsp")},
+                   "ModernBERT")
     if cfg.bias and not cfg.qkv_bias:
         raise XformerError("HF ModernBERT cannot express model.qkv_bias=false with model.bias=true "
                            "(its attention_bias covers q, k, v and the output projection)")
@@ -159,7 +170,9 @@ def config_to_hf(cfg: BertConfig, tokenizer: transformers.PreTrainedTokenizerBas
         pad_token_id=cfg.pad_token_id,
         **special,
         tie_word_embeddings=True,
-        architectures=["ModernBertForMaskedLM"],
+        **(classifier_to_hf(cfg.num_classes, class_names, "ModernBertForSequenceClassification")
+           | {"classifier_pooling": cfg.classifier_pooling, "classifier_dropout": cfg.dropout}
+           if classifier else {"architectures": ["ModernBertForMaskedLM"]}),
     )
 
 
@@ -186,8 +199,12 @@ def _encoder_keys(cfg: BertConfig) -> list[tuple[str, str]]:
 
 
 def _head_keys(cfg: BertConfig) -> list[tuple[str, str]]:
-    """(our key, HF key) for the MLM head's transform, which a checkpoint may lack; the decoder is separate."""
+    """(our key, HF key) for the MLM head's transform, which a checkpoint may lack (the decoder is
+    separate); for a classifier, its head: the transform after pooling and the linear classifier."""
     names = ("weight", "bias") if cfg.bias else ("weight",)
+    if isinstance(cfg, BertClassifierConfig):
+        return (param_pairs("transform.dense", "head.dense", names) + param_pairs("transform.norm", "head.norm", names)
+                + param_pairs("head", "classifier"))  # HF's classifier always has a bias
     return param_pairs("mlm.dense", "head.dense", names) + param_pairs("mlm.norm", "head.norm", names)
 
 
@@ -197,12 +214,13 @@ def _normalise_hf_key(key: str) -> str:
 
 
 def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
-    """Convert an HF ModernBERT state dict (``ModernBertModel`` or ``ModernBertForMaskedLM``) to our
-    :class:`BertForPreTraining` keys.
+    """Convert an HF ModernBERT state dict (``ModernBertModel`` or ``ModernBertForMaskedLM``; for a
+    :class:`BertClassifierConfig`, ``ModernBertForSequenceClassification``) to our
+    :class:`BertForPreTraining` (:class:`BertForSequenceClassification`) keys.
 
     The embeddings and encoder are required (XformerError naming the first missing keys otherwise);
-    the MLM head is converted when present (a decoder without bias gets a zero one, the same function).
-    Checkpoint tensors that the MLM model does not use are logged.
+    the head is converted when present (an MLM decoder without bias gets a zero one, the same function).
+    Checkpoint tensors that the model does not use are logged.
     """
     src = {_normalise_hf_key(k): v for k, v in hf_state.items()}
     used: set[str] = set()
@@ -216,6 +234,9 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
             out[ours] = src[hf]
             used.add(hf)
 
+    if isinstance(cfg, BertClassifierConfig):
+        warn_unused(src, used, "a ModernBERT classifier")
+        return out
     if any(k.startswith("mlm.") for k in out) or "decoder.weight" in src:
         word = out["bert.embeddings.word.weight"]
         decoder = src.get("decoder.weight")
@@ -231,8 +252,11 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: BertConfig) -> di
 
 def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
     """Convert our :class:`BertForPreTraining` state dict to HF ``ModernBertForMaskedLM`` keys; the
-    result loads strictly into it (``decoder.weight`` is the word embedding tensor, as HF ties them)."""
+    result loads strictly into it (``decoder.weight`` is the word embedding tensor, as HF ties them).
+    A :class:`BertForSequenceClassification`'s converts to ``ModernBertForSequenceClassification`` keys."""
     out = {hf: state[ours] for ours, hf in _encoder_keys(cfg) + _head_keys(cfg)}
+    if isinstance(cfg, BertClassifierConfig):
+        return out
     out["decoder.weight"] = out["model.embeddings.tok_embeddings.weight"]
     out["decoder.bias"] = state["mlm.decoder.bias"]
     return out
@@ -242,27 +266,31 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[st
 
 
 def load_hf_modernbert(path_or_id: str, heads: bool | None = None, attn_backend: str = "auto") -> nn.Module:
-    """Load an HF ModernBERT checkpoint as our model, in eval mode: :class:`BertForPreTraining` (MLM only)
-    when it has the MLM head or ``heads=True``, else :class:`BertModel` (see
-    :func:`~xformer.interop.hf_bert.load_bert_family`)."""
+    """Load an HF ModernBERT checkpoint as our model, in eval mode: :class:`BertForSequenceClassification`
+    for a ``ModernBertForSequenceClassification``, :class:`BertForPreTraining` (MLM only) when it has the
+    MLM head or ``heads=True``, else :class:`BertModel` (see :func:`~xformer.interop.hf_bert.load_bert_family`)."""
     return load_bert_family(path_or_id, heads, attn_backend, "ModernBERT", config_from_hf, state_dict_from_hf)
 
 
 # ----------------------------------------------------------------------------- export
 
 
-def export_modernbert(model: BertForPreTraining, out_dir: str | Path,
-                      tokenizer: transformers.PreTrainedTokenizerBase | None = None) -> Path:
-    """Write ``model`` (and ``tokenizer``) as an HF ``ModernBertForMaskedLM`` directory; returns its path.
+def export_modernbert(model: BertForPreTraining | BertForSequenceClassification, out_dir: str | Path,
+                      tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+                      class_names: list[str] | None = None) -> Path:
+    """Write ``model`` (and ``tokenizer``) as an HF ``ModernBertForMaskedLM`` directory (a classifier as
+    ``ModernBertForSequenceClassification``, ``class_names`` its ``id2label``); returns its path.
 
     The directory loads with ``transformers.ModernBertForMaskedLM.from_pretrained`` (the decoder tied to
-    the word embeddings, left out of ``model.safetensors`` as ``save_pretrained`` does). It is written to
-    a temporary directory next to ``out_dir`` and renamed into place. Raises XformerError when the
-    config is not one ModernBERT can express, or when ``out_dir`` exists and is not an empty directory.
+    the word embeddings, left out of ``model.safetensors`` as ``save_pretrained`` does), a classifier's
+    with ``AutoModelForSequenceClassification``. It is written to a temporary directory next to
+    ``out_dir`` and renamed into place. Raises XformerError when the config is not one ModernBERT can
+    express, or when ``out_dir`` exists and is not an empty directory.
     """
-    if not isinstance(model, BertForPreTraining):
-        raise XformerError(f"export_modernbert expects an xformer BertForPreTraining, got {type(model).__name__}")
-    hf_config = config_to_hf(model.config, tokenizer)
+    if not isinstance(model, (BertForPreTraining, BertForSequenceClassification)):
+        raise XformerError(f"export_modernbert expects an xformer BertForPreTraining or "
+                           f"BertForSequenceClassification, got {type(model).__name__}")
+    hf_config = config_to_hf(model.config, tokenizer, class_names)
     state = state_dict_to_hf(model.state_dict(), model.config)
-    del state["decoder.weight"]  # tied
+    state.pop("decoder.weight", None)  # tied
     return write_hf_dir(out_dir, hf_config, state, tokenizer)

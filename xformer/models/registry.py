@@ -72,13 +72,18 @@ class Architecture:
     hf: tuple[HFFormat, ...] = ()
 
 
+# BERT and its classifier convert through the same modules: an HF directory's ``architectures`` (e.g.
+# BertForSequenceClassification) says which of our models it loads as; rotary models export as ModernBERT.
+_BERT_FORMATS = (
+    HFFormat("modernbert", "xformer.interop.hf_modernbert", "load_hf_modernbert", "export_modernbert",
+             exports="is_modernbert"),
+    HFFormat("bert", "xformer.interop.hf_bert", "load_hf_bert", "export_bert"),
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(BertConfig, BertForPreTraining, "masked_lm", "BERT", hf=(
-        HFFormat("modernbert", "xformer.interop.hf_modernbert", "load_hf_modernbert", "export_modernbert",
-                 exports="is_modernbert"),
-        HFFormat("bert", "xformer.interop.hf_bert", "load_hf_bert", "export_bert"),
-    )),
-    "bert_classifier": Architecture(BertClassifierConfig, BertForSequenceClassification, "text_classifier", "BERT"),
+    "bert": Architecture(BertConfig, BertForPreTraining, "masked_lm", "BERT", hf=_BERT_FORMATS),
+    "bert_classifier": Architecture(BertClassifierConfig, BertForSequenceClassification, "text_classifier", "BERT",
+                                    hf=_BERT_FORMATS),
     "vit": Architecture(ViTConfig, ViTForImageClassification, "image_classifier", "ViT", hf=(
         HFFormat("vit", "xformer.interop.hf_vit", "load_hf_vit", "export_vit"),
     )),

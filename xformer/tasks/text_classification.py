@@ -106,5 +106,18 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     return {**metrics, "examples": len(dataset), "tokens": int(counts["tokens"])}
 
 
+def export(run_dir: Path, out_dir: Path) -> str:
+    """``xformer export``: the run's classifier as an HF ``BertForSequenceClassification`` (a rotary one as
+    ``ModernBertForSequenceClassification``) with its tokenizer, ``id2label`` from its classes.json (a
+    regression: one label, ``problem_type`` "regression")."""
+    from xformer.interop import export_format, hf_function
+    from xformer.tasks.trained_run import load_run
+
+    run = load_run(run_dir, "text_classification", device="cpu")
+    fmt = export_format(run.model.config)
+    hf_function(fmt, fmt.export)(run.model, out_dir, tokenizer=run.tokenizer, class_names=run.class_names)
+    return f"transformers.{'ModernBert' if fmt.model_type == 'modernbert' else 'Bert'}ForSequenceClassification"
+
+
 TASK = TaskSpec(name="text_classification", config=TextClassificationConfig, primary_metric="acc",
-                load_data=load_data, build=build, evaluate=evaluate)
+                load_data=load_data, build=build, evaluate=evaluate, export=export)

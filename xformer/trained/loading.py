@@ -88,14 +88,28 @@ def _load_hf(source: str, attn_backend: str) -> nn.Module:
     return hf_function(fmt, fmt.load)(str(folder), attn_backend=attn_backend)
 
 
-def load_config(path: str | Path) -> Section:
-    """The model config of what :func:`load` would load from ``path``, without reading any weights."""
+def _read_hf_config(source: str):
+    """The HF config (``config.json``) of an HF directory, sentence-transformers folder or hub id."""
     import transformers
 
+    _, folder = _hf_folder(source)
+    try:
+        return transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise XformerError(f"{folder}: not an HF model config ({str(err).strip().splitlines()[0][:160]})") from None
+
+
+def _is_hf(path: str | Path) -> bool:
+    return str(path).startswith("hf:") or _kind(Path(path)) == "hf"
+
+
+def load_config(path: str | Path) -> Section:
+    """The model config of what :func:`load` would load from ``path``, without reading any weights (an HF
+    sequence classifier's is a classifier config, with its ``num_labels`` classes)."""
     from xformer.interop import hf_function
 
     text = str(path)
-    if not text.startswith("hf:") and _kind(Path(path)) != "hf":
+    if not _is_hf(path):
         ckpt = Path(path)
         if _kind(ckpt) == "run":
             ckpt = latest_checkpoint(ckpt)
@@ -103,12 +117,29 @@ def load_config(path: str | Path) -> Section:
                 raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
         tree = load_yaml(ckpt / "config.yaml", "checkpoint config")
         return model_config(tree.get("model"), str(ckpt / "config.yaml"))
-    _, folder = _hf_folder(text.removeprefix("hf:"))
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise XformerError(f"{folder}: not an HF model config ({str(err).strip().splitlines()[0][:160]})") from None
+    hf_config = _read_hf_config(text.removeprefix("hf:"))
     return hf_function(hf_format(hf_config.model_type), "config_from_hf")(hf_config)
+
+
+def load_class_names(path: str | Path) -> list[str] | None:
+    """The class names of the classifier :func:`load` would load from ``path``, in output order: a run's
+    ``classes.json`` (a checkpoint's run's); an HF sequence classifier's ``id2label``. None where there are
+    none: no ``classes.json``, a model that is not a classifier, HF's placeholder names (``LABEL_0``, ...)."""
+    if _is_hf(path):
+        from xformer.interop.common import class_names_from_hf, is_classifier
+
+        hf_config = _read_hf_config(str(path).removeprefix("hf:"))
+        return class_names_from_hf(hf_config) if is_classifier(hf_config) else None
+    path = Path(path)
+    root = path if _kind(path) == "run" else path.parent.parent  # a checkpoint is RUN/checkpoints/step_N
+    classes = root / "classes.json"
+    if not classes.is_file():
+        return None
+    try:
+        names = json.loads(classes.read_text())
+    except json.JSONDecodeError:
+        raise XformerError(f"{classes}: not JSON; expected the run's list of class names") from None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
@@ -123,10 +154,11 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
     - an xformer checkpoint directory (``model.safetensors`` + ``config.yaml``);
     - an HF directory or sentence-transformers folder, or ``hf:<dir or hub id>``, converted by the
       registered HF format of its ``model_type`` (:mod:`xformer.models.registry`): an HF BERT (or an
-      unknown model type): :func:`xformer.interop.hf_bert.load_hf_bert` (``BertForPreTraining`` with heads,
-      else ``BertModel``);
+      unknown model type): :func:`xformer.interop.hf_bert.load_hf_bert` (``BertForSequenceClassification``
+      for a sequence classifier, whose class names :func:`load_class_names` gives; ``BertForPreTraining``
+      with heads; else ``BertModel``);
       an HF ModernBERT (``model_type`` "modernbert"): :func:`xformer.interop.hf_modernbert.load_hf_modernbert`
-      (the same classes, MLM only); an HF ViT ("vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its
+      (the same classes, MLM only, a classifier with ModernBERT's head); an HF ViT ("vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its
       classifier, else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
     Anything else raises XformerError naming the path.
