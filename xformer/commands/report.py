@@ -1,4 +1,5 @@
-"""``xformer report``: a table (``report.md``) and plots comparing runs.
+"""``xformer report``: a table (``report.md``) and plots comparing runs; or, given ``xformer glue`` output
+folders (holding ``glue.json``), a table of their models' GLUE scores side by side.
 
 For each run directory: its resolved ``config.yaml``, ``metrics.jsonl`` and, when a sweep wrote it,
 ``result.json``. The table lists the config keys that differ between the runs, each run's status
@@ -15,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from xformer.commands.glue_summary import write_comparison
 from xformer.commands.results import read_result
 from xformer.config import load_yaml
 from xformer.errors import XformerError
@@ -244,7 +246,14 @@ def _metric_note(runs: list[dict]) -> str:
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Write ``OUT/report.md`` (and the plots beside it) for ``run_dirs``; returns the report's path."""
+    """Write ``OUT/report.md`` (and the plots beside it) for ``run_dirs``; returns the report's path.
+    Folders holding ``glue.json`` (``xformer glue``) get the side-by-side GLUE table of their models."""
+    glue = [Path(d) for d in run_dirs if (Path(d) / "glue.json").is_file()]
+    if glue and len(glue) < len(run_dirs):
+        other = next(d for d in run_dirs if Path(d) not in glue)
+        raise XformerError(f"{other}: no glue.json; report either GLUE folders (xformer glue --out) or runs, not both")
+    if glue:
+        return write_comparison(glue, Path(out_dir))
     runs = [read_run(d) for d in expand_dirs(run_dirs)]
     if not runs:
         raise XformerError("no runs to report on")

@@ -132,9 +132,9 @@ def _one_line(err: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _refuse_changed(recipe: str | Path, finished: list[SweepRun]) -> None:
-    """XformerError when a finished run was trained with another config than the sweep now gives it:
-    skipping it would report stale results under the new values."""
+def refuse_changed(recipe: str | Path, finished: list[SweepRun], what: str = "sweep") -> None:
+    """XformerError when a finished run was trained with another config than the ``what`` (a sweep, a GLUE
+    run) now gives it: skipping it would report stale results under the new values."""
     changed = []
     for r in finished:
         run_dir = Path(r.cfg.out_dir)
@@ -149,13 +149,21 @@ def _refuse_changed(recipe: str | Path, finished: list[SweepRun]) -> None:
     if changed:
         r, run_dir, diff = changed[0]
         more = f" (and {len(changed) - 1} more of its runs)" if len(changed) > 1 else ""
-        raise XformerError(f"{recipe}: sweep run {r.name} finished with another config than now: {diff}{more}; "
-                           f"use another --out for the new sweep, or delete {run_dir} to run it again")
+        raise XformerError(f"{recipe}: {what} run {r.name} finished with another config than now: {diff}{more}; "
+                           f"use another --out for the new {what}, or delete {run_dir} to run it again")
 
 
-def _run_one(r: SweepRun, label: str, train) -> bool:
-    """Train one run with ``train`` (resuming from its checkpoints, if any; output to ``RUN/train.log``)
-    and write its ``result.json``; False when it failed, whatever the error."""
+def describe(record: dict) -> str:
+    """A finished run's progress line after its label: resumed or not, wall time, final validation metrics."""
+    val = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} -"
+                    for k, v in record["val"].items() if not k.startswith(("i2t", "zs_")))
+    return f"{'resumed, ' if record['resumed'] else ''}{record['wall_s']:.0f} s; val {val}"
+
+
+def run_one(r: SweepRun, label: str, train, line=describe) -> dict:
+    """Train one run with ``train`` (resuming from its checkpoints, if any; output to ``RUN/train.log``),
+    write its ``result.json`` and print ``label: line(record)`` (or the error); returns the record, whose
+    ``status`` is ``failed`` when it failed, whatever the error."""
     run_dir = Path(r.cfg.out_dir)
     resume = latest_checkpoint(run_dir) is not None
     prepare_dir(run_dir)
@@ -176,14 +184,12 @@ def _run_one(r: SweepRun, label: str, train) -> bool:
         record.update(status="failed", error=error)
         atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2))
         print(f"{label}: failed after {wall:.0f} s: {error}", flush=True)
-        return False
+        return record
     record.update(status="finished", step=result["step"], val=finite_or_none(result["val"]),
                   train=finite_or_none(result["train"]))
     atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False))
-    val = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} -"
-                    for k, v in record["val"].items() if not k.startswith(("i2t", "zs_")))
-    print(f"{label}: {'resumed, ' if resume else ''}{wall:.0f} s; val {val}", flush=True)
-    return True
+    print(f"{label}: {line(record)}", flush=True)
+    return record
 
 
 def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), out_dir: str | None = None) -> Path:
@@ -192,7 +198,7 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
     report when some runs failed."""
     root, runs = expand(recipe, overrides, grid, out_dir)
     finished = {r.name for r in runs if is_finished(read_result(r.cfg.out_dir))}
-    _refuse_changed(recipe, [r for r in runs if r.name in finished])
+    refuse_changed(recipe, [r for r in runs if r.name in finished])
     prepare_dir(root)
     atomic_write_text(root / "sweep.yaml", yaml.safe_dump(
         {"recipe": str(recipe), "overrides": list(overrides), "runs": {r.name: r.values for r in runs}}, sort_keys=False))
@@ -201,7 +207,7 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
         label = f"[{i}/{len(runs)}] {r.name}"
         if r.name in finished:
             print(f"{label}: finished before, skipped", flush=True)
-        elif not _run_one(r, label, tasks.run):  # looked up now: tests replace it
+        elif not is_finished(run_one(r, label, tasks.run)):  # tasks.run looked up now: tests replace it
             failed.append(r.name)
     report = write_report([Path(r.cfg.out_dir) for r in runs], root)
     print(f"report: {report}")
