@@ -42,6 +42,21 @@ def _add_sweep_commands(sub) -> None:
     p.set_defaults(handler="xformer.commands.report:cmd_report")
 
 
+def _add_glue_command(sub) -> None:
+    p = sub.add_parser("glue", help="fine-tune a model on GLUE under one fixed protocol, several seeds; "
+                                    "writes glue.json, glue.md and a chart")
+    p.add_argument("model", help="a run directory, a checkpoint directory, an HF directory or hf:<dir or hub id>")
+    p.add_argument("--tasks", metavar="T1,T2", help="GLUE tasks (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte; "
+                   "default: every one whose data is here or on the hub)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per task, train.seed 0..N-1 (default: %(default)s)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the baseline: MODEL's architecture and tokenizer with random weights")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the protocol, every run")
+    p.add_argument("--out", help="output folder (default: runs/glue/<model name>)")
+    p.add_argument("--recipe", help="the protocol (default: recipes/glue.yaml)")
+    p.set_defaults(handler="xformer.commands.glue:cmd_glue")
+
+
 def _add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run (any task) on a dataset; writes RUN/eval_<data>.json")
     p.add_argument("run_dir", help="run or checkpoint directory")
@@ -82,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_commands(sub)
     _add_sweep_commands(sub)
+    _add_glue_command(sub)
     _add_eval_command(sub)
     _add_clip_commands(sub)
     p = sub.add_parser("export", help="export a run to HF transformers format")
