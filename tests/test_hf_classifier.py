@@ -17,10 +17,9 @@ import xformer
 from tests.helpers import randomize
 from xformer.config import save_config
 from xformer.interop import hf_bert, hf_modernbert
-from xformer.losses import regression_loss
-from xformer.models.bert import BertClassifierConfig, BertForSequenceClassification
+from xformer.models.bert import BertClassifierConfig, BertForSequenceClassification, BertModel
 from xformer.tasks import text_classification
-from xformer.tasks.text_classification import TextClassificationConfig
+from xformer.tasks.text_classification import TextClassificationConfig, TextClassificationTask
 from xformer.trained.init import init_from
 from xformer.trained.loading import load_class_names, load_config
 
@@ -45,7 +44,7 @@ def hf_config(family: str, num_labels: int, **changes) -> transformers.Pretraine
 
 
 def hf_classifier(family: str, num_labels: int, seed: int = 0, **changes) -> transformers.PreTrainedModel:
-    cls = transformers.BertForSequenceClassification if family == "bert" else transformers.ModernBertForSequenceClassification
+    cls = getattr(transformers, f"{'Bert' if family == 'bert' else 'ModernBert'}ForSequenceClassification")
     config = hf_config(family, num_labels, **changes)
     config.architectures = [cls.__name__]  # as save_pretrained writes it: what says "a classifier"
     return randomize(cls(config), seed)
@@ -60,7 +59,8 @@ def pairs(seed: int = 0, rows: int = 4) -> dict[str, torch.Tensor]:
         total = T if r == 0 else int(torch.randint(6, T, (1,), generator=gen))
         a = int(torch.randint(1, total - 4, (1,), generator=gen))  # the room left for b: total - 3 - a >= 1
         words = torch.randint(5, len(VOCAB), (total - 3,), generator=gen)
-        ids[r, :total] = torch.cat([torch.tensor([CLS]), words[:a], torch.tensor([SEP]), words[a:], torch.tensor([SEP])])
+        cls, sep = torch.tensor([CLS]), torch.tensor([SEP])
+        ids[r, :total] = torch.cat([cls, words[:a], sep, words[a:], sep])
         types[r, a + 2:total] = 1
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": types}
 
@@ -113,17 +113,22 @@ def test_modernbert_classifier_parity_on_pairs(backend, pooling):
     logits_close(ours(**batch).logits, hf(**hf_inputs("modernbert", batch)).logits)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("num_labels", [1, 3])
 @pytest.mark.parametrize("family", ["bert", "modernbert"])
-def test_regression_loss_equals_hf(family):
-    hf = hf_classifier(family, 1)
+def test_task_loss_equals_hf(family, num_labels):
+    """The text-classification task's training loss: MSE on logits[:, 0] for one label (STS-B scores), as
+    HF's problem_type "regression"; cross-entropy for classes."""
+    hf = hf_classifier(family, num_labels)
     ours = ours_from_hf(hf, family)
     batch = pairs(seed=1)
-    labels = torch.rand(4) * 5  # STS-B scores
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.rand(4, generator=gen) * 5 if num_labels == 1 else torch.randint(0, 3, (4,), generator=gen)
     ref = hf(**hf_inputs(family, batch), labels=labels)
-    assert hf.config.problem_type == "regression"
-    loss, counts = regression_loss(ours(**batch).logits[:, 0], labels)
+    assert hf.config.problem_type == ("regression" if num_labels == 1 else "single_label_classification")
+    task = TextClassificationTask(None, None, num_labels)
+    loss, _ = task.loss(ours, {**batch, "labels": labels}, task.normalizers({"labels": labels}))
     torch.testing.assert_close(loss, ref.loss, atol=1e-6, rtol=1e-5)
-    assert int(counts["n"]) == 4
 
 
 # ----------------------------------------------------------------------------- import
@@ -131,7 +136,8 @@ def test_regression_loss_equals_hf(family):
 
 @pytest.mark.parametrize("family", ["bert", "modernbert"])
 def test_load_reads_an_hf_classifier_directory(family, tmp_path):
-    hf = hf_classifier(family, 3, id2label={0: "neg", 1: "neutral", 2: "pos"}, label2id={"neg": 0, "neutral": 1, "pos": 2})
+    names = ["neg", "neutral", "pos"]
+    hf = hf_classifier(family, 3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     hf.save_pretrained(tmp_path / "hf")
     batch = pairs(seed=2)
     for path in (tmp_path / "hf", f"hf:{tmp_path / 'hf'}"):
@@ -139,8 +145,24 @@ def test_load_reads_an_hf_classifier_directory(family, tmp_path):
         assert type(model) is BertForSequenceClassification and model.config.num_classes == 3
         with torch.no_grad():
             logits_close(model(**batch).logits, hf(**hf_inputs(family, batch)).logits)
-        assert load_class_names(path) == ["neg", "neutral", "pos"]
+        assert load_class_names(path) == names
         assert isinstance(load_config(path), BertClassifierConfig) and load_config(path).num_classes == 3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_a_classifier_directory_loads_as_its_backbone_without_heads(family, tmp_path):
+    hf = hf_classifier(family, 3)
+    hf.save_pretrained(tmp_path / "hf")
+    backbone = getattr(FAMILIES[family], f"load_hf_{family}")(str(tmp_path / "hf"), heads=False, attn_backend="math")
+    assert type(backbone) is BertModel
+    batch = pairs(seed=5)
+    ref = (hf.bert if family == "bert" else hf.model)(**hf_inputs(family, batch))
+    out = backbone(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    if family == "bert":  # BERT's pooler is part of its backbone
+        torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=1e-5)
 
 
 def test_hf_placeholder_labels_name_no_classes(tmp_path):
@@ -239,7 +261,8 @@ def test_export_of_a_finetuned_run(family, classes, tmp_path):
     assert kind.endswith("ForSequenceClassification")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", attn_implementation="eager")
     if classes:
-        assert hf.config.id2label == dict(enumerate(classes)) and hf.config.label2id == {c: i for i, c in enumerate(classes)}
+        assert hf.config.id2label == dict(enumerate(classes))
+        assert hf.config.label2id == {c: i for i, c in enumerate(classes)}
     else:
         assert hf.config.num_labels == 1 and hf.config.problem_type == "regression"
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")

@@ -158,8 +158,9 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
       for a sequence classifier, whose class names :func:`load_class_names` gives; ``BertForPreTraining``
       with heads; else ``BertModel``);
       an HF ModernBERT (``model_type`` "modernbert"): :func:`xformer.interop.hf_modernbert.load_hf_modernbert`
-      (the same classes, MLM only, a classifier with ModernBERT's head); an HF ViT ("vit"): :func:`xformer.interop.hf_vit.load_hf_vit` (with its
-      classifier, else the backbone); an HF CLIP ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
+      (the same classes, MLM only, a classifier with ModernBERT's head); an HF ViT ("vit"):
+      :func:`xformer.interop.hf_vit.load_hf_vit` (with its classifier, else the backbone); an HF CLIP
+      ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
     Anything else raises XformerError naming the path.
     """
