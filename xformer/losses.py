@@ -97,6 +97,30 @@ def classification_metrics(counts: dict[str, float]) -> dict[str, float]:
     return {"loss": counts["loss_sum"] / n, "acc": counts["correct"] / n}
 
 
+def regression_loss(
+    predictions: torch.Tensor,
+    targets: torch.Tensor,
+    normalizer: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean squared error (HF's loss for ``num_labels=1``), with its counts.
+
+    Args:
+        predictions: (B,) the regression head's output (``logits[:, 0]``).
+        targets: (B,) float targets.
+        normalizer: what the summed loss is divided by; default B (see :func:`bert_pretraining_loss`).
+    """
+    loss_sum = F.mse_loss(predictions.float(), targets.float(), reduction="sum")
+    loss = loss_sum / (targets.numel() if normalizer is None else normalizer)
+    with torch.no_grad():
+        counts = {"loss_sum": loss_sum.detach(), "n": torch.tensor(targets.numel(), device=targets.device)}
+    return loss, counts
+
+
+def regression_metrics(counts: dict[str, float]) -> dict[str, float]:
+    """The mean squared error as ``loss``."""
+    return {"loss": counts["loss_sum"] / max(counts["n"], 1)}
+
+
 def contrastive_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,

@@ -1,8 +1,9 @@
 """Datasets by name: the catalogue of the datasets the recipes use, and where a name is found.
 
-A catalogue name (``wikipedia``, ``cifar10``, ``flickr8k``, ``sst2``, ``sst2-sentences``), optionally with a
-split (``sst2:validation``; a split in the value wins over the config's ``split`` key), stands wherever a data
-source goes. It is looked up in this order, the first folder holding the split winning:
+A catalogue name (``wikipedia``, ``cifar10``, ``flickr8k``, ``sst2``, ``sst2-sentences``, the GLUE tasks
+``glue/cola`` ... ``glue/rte``), optionally with a split (``sst2:validation``; a split in the value wins over the
+config's ``split`` key), stands wherever a data source goes. It is looked up in this order, the first folder
+holding the split winning:
 
 1. ``$XFORMER_DATA/<name>/`` (what ``data_prep/fetch.py NAME --out DIR`` writes) or, there, the set's
    historical folder (``wiki`` for wikipedia);
@@ -12,7 +13,9 @@ source goes. It is looked up in this order, the first folder holding the split w
    (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``).
 
 In a folder, split ``S`` is ``S.parquet`` or the shards ``S-*.parquet``; ``validation`` also answers to
-``dev``, ``val`` and ``valid``. The hub copy is mapped onto the local columns (renamed, caption columns
+``dev``, ``val`` and ``valid`` (and, for a set whose validation splits have other names, such as MNLI's
+``validation_matched``, to the first of its ``eval_splits``). An entry may send a split to another folder
+(GLUE's SST-2: the phrases of ``sst2/`` to train on, the 872 dev sentences of ``sst2/sentences/`` to score). The hub copy is mapped onto the local columns (renamed, caption columns
 combined into one list), so every source of a name reads the same. Adding a dataset is one :class:`Dataset`
 in :data:`CATALOG`.
 """
@@ -23,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xformer.errors import XformerError
+from xformer.errors import XformerError, did_you_mean
 
 REPO_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # the data folder beside the repository
 BESIDE = Path("..") / "shared" / "data"  # the same, relative to the current directory
@@ -46,6 +49,29 @@ class Dataset:
     streaming: bool = False  # stream from the hub rather than download whole (large text corpora)
     shard_rows: int | None = None  # fetch.py writes <split>-NNNNN.parquet shards of this many rows
     about: str = ""  # what it is, and where the hub copy differs from the local one
+    split_folders: dict[str, str] = field(default_factory=dict)  # split -> the folder holding it, if not `folder`
+    # What a labelled-text task reads (the text_classification data keys these fill when a config leaves them
+    # unset): one text column or a pair, the label column and its kind, the scores and the splits scored on.
+    text_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    label_type: str | None = None  # "class" | "regression"
+    scores: tuple[str, ...] = ()  # names in xformer.trained.scores.SCORES; a task's score is their mean
+    eval_splits: tuple[str, ...] = ()  # the splits a benchmark scores on, the first one during training
+
+
+GLUE_HUB = "nyu-mll/glue"
+GLUE_SPLITS = ("train", "validation", "test")
+MNLI_EVAL = ("validation_matched", "validation_mismatched")
+
+
+def glue(task: str, texts: tuple[str, ...], scores: tuple[str, ...], about: str, regression: bool = False,
+         eval_splits: tuple[str, ...] = ("validation",), **more) -> Dataset:
+    """The entry ``glue/<task>``: the hub's ``nyu-mll/glue`` config ``task``; locally ``glue/<task>/``."""
+    splits = ("train", *eval_splits, *(s.replace("validation", "test") for s in eval_splits))
+    return Dataset(f"glue/{task}", more.pop("folder", f"glue/{task}"), (*texts, "label"), GLUE_HUB, splits,
+                   config=task, text_columns=texts, label_column="label",
+                   label_type="regression" if regression else "class", scores=scores, eval_splits=eval_splits,
+                   about=about, **more)
 
 
 CATALOG: dict[str, Dataset] = {d.name: d for d in [
@@ -65,27 +91,54 @@ CATALOG: dict[str, Dataset] = {d.name: d for d in [
     Dataset("sst2-sentences", "sst2/sentences", ("sentence", "label"), "SetFit/sst2",
             ("train", "validation", "test"), rename={"text": "sentence"},
             about="SST-2 at the sentence level: 6,920 train / 872 validation sentences"),
+    glue("cola", ("sentence",), ("mcc",), "CoLA: is the sentence grammatical (1 acceptable); 8,551 / 1,043"),
+    glue("sst2", ("sentence",), ("acc",), "SST-2 sentiment (1 positive); locally train is the 60,614 phrases of "
+         "sst2/ (90% of GLUE's) and validation GLUE's 872 dev sentences (sst2/sentences/); on the hub GLUE's own",
+         folder="sst2", split_folders={"validation": "sst2/sentences"}),
+    glue("mrpc", ("sentence1", "sentence2"), ("f1", "acc"), "MRPC: do two news sentences paraphrase each other "
+         "(1 yes); 3,668 / 408"),
+    glue("stsb", ("sentence1", "sentence2"), ("pearson", "spearman"), "STS-B: similarity of two sentences, a float "
+         "0-5; 5,749 / 1,500", regression=True),
+    glue("qqp", ("question1", "question2"), ("f1", "acc"), "QQP: are two Quora questions duplicates (1 yes); "
+         "hub only, 363,846 / 40,430"),
+    glue("mnli", ("premise", "hypothesis"), ("acc",), "MNLI: entailment (0), neutral (1) or contradiction (2); "
+         "hub only, 392,702 train, 9,815 matched / 9,832 mismatched validation", eval_splits=MNLI_EVAL),
+    glue("qnli", ("question", "sentence"), ("acc",), "QNLI: does the sentence answer the question (0 yes); hub "
+         "only, 104,743 / 5,463"),
+    glue("rte", ("sentence1", "sentence2"), ("acc",), "RTE: does sentence1 entail sentence2 (0 yes); 2,490 / 277"),
 ]}
+FAMILIES = ("glue/",)  # name prefixes the catalogue owns: an unknown name under one is a typo, not a hub id
 
 
 # ----------------------------------------------------------------------------- names and splits
 
 
-def parse(entry: str) -> tuple[Dataset, str | None] | None:
-    """``"name"`` or ``"name:split"`` -> (its entry, the split or None); None if ``entry`` names no entry."""
+def parse(entry: str, key: str = "data source") -> tuple[Dataset, str | None] | None:
+    """``"name"`` or ``"name:split"`` -> (its entry, the split or None); None if ``entry`` names no entry.
+    A name under a catalogue family (``glue/...``) that is no entry is a one-line error naming ``key``."""
     name, _, split = entry.partition(":")
     dataset = CATALOG.get(name)
+    if dataset is None:
+        family = next((f for f in FAMILIES if name.startswith(f)), None)
+        if family is not None:
+            tasks = [n for n in CATALOG if n.startswith(family)]
+            raise XformerError(f"{key} {entry!r}: no such dataset in the catalogue ({', '.join(tasks)})"
+                               f"{did_you_mean(name, tasks)}")
     return None if dataset is None else (dataset, split or None)
 
 
-def split_names(split: str) -> list[str]:
-    """``split`` and the other spellings of the same split, ``split`` first."""
-    return [split] + [s for s in SPLIT_ALIASES if s != split] if split in SPLIT_ALIASES else [split]
+def split_names(split: str, dataset: Dataset | None = None) -> list[str]:
+    """``split`` and the other spellings of the same split, ``split`` first; for a ``dataset`` whose
+    validation split has another name (MNLI's ``validation_matched``), that name last."""
+    if split not in SPLIT_ALIASES:
+        return [split]
+    names = [split] + [s for s in SPLIT_ALIASES if s != split]
+    return names + list(dataset.eval_splits[:1]) if dataset is not None else names
 
 
 def hub_split(dataset: Dataset, split: str) -> str | None:
     """The hub's name for ``split`` (``dev`` -> ``validation``), None if the hub copy has no such split."""
-    return next((s for s in split_names(split) if s in dataset.splits), None)
+    return next((s for s in split_names(split, dataset) if s in dataset.splits), None)
 
 
 def offline() -> bool:
@@ -96,18 +149,21 @@ def offline() -> bool:
 # ----------------------------------------------------------------------------- local folders
 
 
-def search_dirs(dataset: Dataset) -> list[Path]:
-    """The folders a name is looked for in, in order, absolute and without duplicates: under
+def search_dirs(dataset: Dataset, split: str | None = None) -> list[Path]:
+    """The folders a name (its ``split``) is looked for in, in order, absolute and without duplicates: under
     ``$XFORMER_DATA``, then beside the project (from the current directory, then from the repository)."""
     roots = [Path(os.environ["XFORMER_DATA"]).expanduser()] if os.environ.get("XFORMER_DATA") else []
     roots += [BESIDE, REPO_DATA]
-    subs = dict.fromkeys((dataset.name, dataset.folder))
+    folder = next((dataset.split_folders[s] for s in split_names(split or "") if s in dataset.split_folders),
+                  dataset.folder)
+    subs = dict.fromkeys((dataset.name, folder))
     return list(dict.fromkeys((root / sub).resolve() for root in roots for sub in subs))
 
 
-def split_files(folder: Path, split: str) -> list[Path]:
-    """``<split>.parquet`` or the shards ``<split>-*.parquet`` of ``folder`` (any spelling of the split)."""
-    for name in split_names(split):
+def split_files(folder: Path, split: str, dataset: Dataset | None = None) -> list[Path]:
+    """``<split>.parquet`` or the shards ``<split>-*.parquet`` of ``folder`` (any spelling of the split, and
+    ``dataset``'s own name for it)."""
+    for name in split_names(split, dataset):
         files = sorted(p for p in [folder / f"{name}.parquet", *folder.glob(f"{name}-*.parquet")] if p.is_file())
         if files:
             return files
@@ -116,7 +172,7 @@ def split_files(folder: Path, split: str) -> list[Path]:
 
 def local_files(dataset: Dataset, split: str) -> list[Path]:
     """The Parquet files of ``split`` in the first folder that holds it; empty if none does."""
-    return next((files for d in search_dirs(dataset) if (files := split_files(d, split))), [])
+    return next((files for d in search_dirs(dataset, split) if (files := split_files(d, split, dataset))), [])
 
 
 # ----------------------------------------------------------------------------- the HF hub
@@ -124,14 +180,15 @@ def local_files(dataset: Dataset, split: str) -> list[Path]:
 
 def fetch_hint(dataset: Dataset) -> str:
     """How to get a catalogue set onto a machine that cannot reach the hub."""
+    beside = dataset.name if dataset.split_folders else dataset.folder  # its splits' own folders are elsewhere
     return (f"on a machine that reaches the hub run python data_prep/fetch.py {dataset.name} --out DIR, then "
-            f"export XFORMER_DATA=DIR (or copy DIR/{dataset.name} to ../shared/data/{dataset.folder})")
+            f"export XFORMER_DATA=DIR (or copy DIR/{dataset.name} to ../shared/data/{beside})")
 
 
 def not_found(key: str, entry: str, dataset: Dataset, split: str, why: str) -> XformerError:
     """The one-line error for a name found in no folder and not on the hub: the folders searched, ``why``
     the hub did not answer, and how to fetch it."""
-    where = ", ".join(map(str, search_dirs(dataset)))
+    where = ", ".join(map(str, search_dirs(dataset, split)))
     unset = "" if os.environ.get("XFORMER_DATA") else " ($XFORMER_DATA is not set)"
     return XformerError(
         f"{key} {entry!r}: no {split} split ({split}.parquet or {split}-*.parquet) in {where}{unset}, and {why}; "

@@ -113,11 +113,54 @@ class CaptionDataConfig(SplitDataConfig):
 
 
 class TextClassificationDataConfig(SplitDataConfig):
-    """Labelled texts: Parquet / JSONL files or an HF dataset name, with a text and a label column."""
+    """Labelled texts or text pairs: Parquet / JSONL / CSV / TSV files, an HF dataset name or a catalogue name,
+    with a text column (and a second one for pairs) and a label column: classes, or a number to regress.
+
+    When ``source`` is a catalogue name whose entry declares its columns (``glue/mrpc``), the entry fills the
+    column keys, ``label_type`` and ``scores`` this config leaves unset, and (unless ``val_source``,
+    ``val_split`` or ``val_size`` is set) scores on the entry's first evaluation split rather than carving
+    one from the training split.
+    """
 
     text_column: str | None = Field(None, description="None: auto-detect (sentence, text, ...)")
+    text_pair_column: str | None = Field(None, description="the second text of a pair; None: single texts")
     label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    label_type: Literal["auto", "class", "regression"] = Field(
+        "auto", description="auto: classes, unless the labels are finite floats, not all whole (regression)")
+    scores: list[str] | None = Field(
+        None, description="validation scores (acc, f1, mcc, pearson, spearman), their mean is `score`; "
+                          "None: acc for classes, pearson and spearman for regression")
     val_size: int = Field(1000, ge=0)
     max_examples: int | None = Field(None, gt=0)
     max_seq_len: int = Field(128, ge=4)
     tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=16000, train_documents=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _catalogue_fills(cls, data):
+        return catalogue_defaults(data) if isinstance(data, dict) else data
+
+
+def catalogue_defaults(values: dict, key: str = "data.source") -> dict:
+    """``values`` (a text-classification data section as a dict) with what the catalogue entry named by its
+    ``source`` declares filled in where ``values`` leaves it unset (None, or ``label_type`` auto); unchanged
+    when ``source`` names no such entry."""
+    from xformer.data.catalog import parse
+
+    source = values.get("source")
+    named = parse(source, key) if isinstance(source, str) else None
+    if named is None or not named[0].text_columns:
+        return values
+    entry, filled = named[0], dict(values)
+    declared = {"text_column": entry.text_columns[0], "label_column": entry.label_column,
+                "text_pair_column": entry.text_columns[1] if len(entry.text_columns) > 1 else None,
+                "scores": list(entry.scores) or None}
+    for name, value in declared.items():
+        if filled.get(name) is None:
+            filled[name] = value
+    if filled.get("label_type", "auto") == "auto" and entry.label_type:
+        filled["label_type"] = entry.label_type
+    unset = all(filled.get(k) is None for k in ("val_source", "val_split", "val_size"))
+    if unset and entry.eval_splits:  # the benchmark's own validation split, not a carve of train
+        filled["val_source"] = f"{entry.name}:{entry.eval_splits[0]}"
+    return filled

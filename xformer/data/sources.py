@@ -89,7 +89,7 @@ def _named(entry: str, key: str, split: str) -> Source | None:
     """The Source of a catalogue name (``name`` or ``name:split``): its split's Parquet files in the first
     data folder holding them, else the HF hub; None if ``entry`` is no catalogue name. Offline and found in
     no folder: a one-line error naming the folders searched and how to fetch the set."""
-    named = catalog.parse(entry)
+    named = catalog.parse(entry, key)
     if named is None:
         return None
     dataset, split = named[0], named[1] or split
