@@ -277,6 +277,30 @@ def test_hub_only_glue_tasks_offline_say_how_to_fetch(tmp_path, monkeypatch, tas
     assert "HF hub is off" in msg and f"data_prep/fetch.py glue/{task} --out DIR" in msg
 
 
+def test_a_hub_only_glue_task_reads_its_hub_config(tmp_path, monkeypatch):
+    import datasets
+
+    for var in catalog.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XFORMER_DATA", str(tmp_path))
+    monkeypatch.setattr(catalog, "REPO_DATA", tmp_path / "nothing")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def load_dataset(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"premise": ["a cat sat", "it rains"], "hypothesis": ["a cat", "dry"],
+                                           "label": [0, 2], "idx": [0, 1]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = TextClassificationDataConfig(source="glue/mnli")
+    read = read_labelled_texts(cfg.val_source, "validation", cfg, "data.val_source")
+    assert calls == [("nyu-mll/glue", "mnli", "validation_matched")]
+    assert (read.texts, read.pairs, read.labels) == (["a cat sat", "it rains"], ["a cat", "dry"], [0, 2])
+    read_labelled_texts("glue/mnli:validation_mismatched", "train", cfg, "--data")
+    assert calls[-1] == ("nyu-mll/glue", "mnli", "validation_mismatched")
+
+
 # ----------------------------------------------------------------------------- errors
 
 

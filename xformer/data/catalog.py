@@ -15,9 +15,11 @@ holding the split winning:
 In a folder, split ``S`` is ``S.parquet`` or the shards ``S-*.parquet``; ``validation`` also answers to
 ``dev``, ``val`` and ``valid`` (and, for a set whose validation splits have other names, such as MNLI's
 ``validation_matched``, to the first of its ``eval_splits``). An entry may send a split to another folder
-(GLUE's SST-2: the phrases of ``sst2/`` to train on, the 872 dev sentences of ``sst2/sentences/`` to score). The hub copy is mapped onto the local columns (renamed, caption columns
-combined into one list), so every source of a name reads the same. Adding a dataset is one :class:`Dataset`
-in :data:`CATALOG`.
+(GLUE's SST-2: the phrases of ``sst2/`` to train on, the 872 dev sentences of ``sst2/sentences/`` to score).
+The hub copy is mapped onto the local columns (renamed, caption columns combined into one list), so every
+source of a name reads the same. Adding a dataset is one :class:`Dataset` in :data:`CATALOG`; an entry that
+declares ``text_columns`` also fills the data keys of the text-classification task
+(:class:`~xformer.data.configs.TextClassificationDataConfig`).
 """
 
 from __future__ import annotations
