@@ -5,6 +5,7 @@ in the same one; a failing seed recorded while the others go on; the summary's m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from xformer import tasks
 from xformer.commands import glue as glue_command
@@ -103,7 +105,8 @@ def run_glue(model_dir: Path, out: Path, *more: str) -> int:
 
 def seed_scores(out: Path) -> dict:
     summary = json.loads((out / "glue.json").read_text())
-    return {task: [(s["seed"], s["status"], s.get("scores")) for s in t["seeds"]] for task, t in summary["tasks"].items()}
+    return {task: [(s["seed"], s["status"], s.get("scores")) for s in t["seeds"]]
+            for task, t in summary["tasks"].items()}
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -111,13 +114,9 @@ def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if r["split"] == "train"]
 
 
-def test_a_glue_run_reproduces_and_a_rerun_skips_what_finished(model_dir, tmp_path, capsys):
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert run_glue(model_dir, first, "--tasks", "mrpc,stsb", "--seeds", "2") == 0
-    printed = capsys.readouterr().out
-    assert len(re.findall(r"(mrpc|stsb) seed \d: score -?\d\.\d{4} \(.*\), \d+\.\d min", printed)) == 4, printed
-
-    summary = json.loads((first / "glue.json").read_text())
+def check_summary(out: Path, model_dir: Path) -> dict:
+    """glue.json's seeds, medians, spreads and average; the runs' configs; glue.md's rows and majority column."""
+    summary = json.loads((out / "glue.json").read_text())
     assert list(summary["tasks"]) == ["mrpc", "stsb"] and summary["seeds"] == 2
     mrpc, stsb = summary["tasks"]["mrpc"], summary["tasks"]["stsb"]
     assert set(mrpc["seeds"][0]["scores"]) >= {"f1", "acc", "score"}
@@ -127,19 +126,41 @@ def test_a_glue_run_reproduces_and_a_rerun_skips_what_finished(model_dir, tmp_pa
         assert all(s["status"] == "finished" for s in task["seeds"])
         assert task["min"] == min(values) and task["max"] == max(values) and task["median"] == sum(values) / 2
         for s in task["seeds"]:
-            assert s["score"] == pytest.approx((s["scores"][task["scores"][0]] + s["scores"][task["scores"][1]]) / 2)
+            first_name, second_name = task["scores"]
+            assert s["score"] == pytest.approx((s["scores"][first_name] + s["scores"][second_name]) / 2)
     assert summary["average"] == pytest.approx((mrpc["median"] + stsb["median"]) / 2)
     # the runs are the protocol's, with the command's data, seed and model
-    config = (first / "stsb" / "seed1" / "config.yaml").read_text()
+    config = (out / "stsb" / "seed1" / "config.yaml").read_text()
     assert "source: glue/stsb" in config and "seed: 1" in config and f"init: hf:{model_dir}" in config
 
     # majority class: MRPC's validation is 70% label 1, so predicting 1 scores acc 0.7 and F1 2p/(1+p)
     p = MRPC_VAL_POSITIVE
     assert mrpc["majority"] == pytest.approx((p + 2 * p / (1 + p)) / 2) and stsb["majority"] == 0.0
-    table = (first / "glue.md").read_text()
+    table = (out / "glue.md").read_text()
     assert "majority class |" in table
-    assert re.search(rf"\| MRPC \| f1\+acc \| {100 * mrpc['median']:.1f} \| .* \| 2/2 \| {100 * mrpc['majority']:.1f} \|", table)
+    median, majority = f"{100 * mrpc['median']:.1f}", f"{100 * mrpc['majority']:.1f}"
+    assert re.search(rf"\| MRPC \| f1\+acc \| {median} \| .* \| 2/2 \| {majority} \|", table)
     assert "| STS-B | pearson+spearman |" in table and "| **average** |" in table
+    return summary
+
+
+def check_report(first: Path, second: Path, mrpc: dict, report: Path) -> None:
+    """xformer report on two GLUE folders: a column per model, a row per task, the average."""
+    assert main(["report", str(first), str(second), "--out", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| task |"))
+    assert str(first) in header and str(second) in header and "majority class" in header
+    row = f"{100 * mrpc['median']:.1f} ({100 * mrpc['min']:.1f} to {100 * mrpc['max']:.1f})"
+    assert re.search(rf"\| MRPC \| {re.escape(row)} \| {re.escape(row)} \|", text)
+    assert "| **average** (2 tasks) |" in text
+
+
+def test_a_glue_run_reproduces_and_a_rerun_skips_what_finished(model_dir, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_glue(model_dir, first, "--tasks", "mrpc,stsb", "--seeds", "2") == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"(mrpc|stsb) seed \d: score -?\d\.\d{4} \(.*\), \d+\.\d min", printed)) == 4, printed
+    summary = check_summary(first, model_dir)
 
     assert run_glue(model_dir, second, "--tasks", "mrpc,stsb", "--seeds", "2") == 0
     assert seed_scores(second) == seed_scores(first)  # exactly: same seeds, same data, same protocol
@@ -152,14 +173,15 @@ def test_a_glue_run_reproduces_and_a_rerun_skips_what_finished(model_dir, tmp_pa
     assert (first / "mrpc" / "seed0" / "metrics.jsonl").read_text() == before
     assert seed_scores(first) == seed_scores(second)
 
-    report = tmp_path / "report"
-    assert main(["report", str(first), str(second), "--out", str(report)]) == 0
-    text = (report / "report.md").read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| task |"))
-    assert str(first) in header and str(second) in header and "majority class" in header
-    row = f"{100 * mrpc['median']:.1f} ({100 * mrpc['min']:.1f} to {100 * mrpc['max']:.1f})"
-    assert re.search(rf"\| MRPC \| {re.escape(row)} \| {re.escape(row)} \|", text)
-    assert "| **average** (2 tasks) |" in text
+    # a run cut after its last checkpoint (no result.json) resumes; with no step left it trains nothing, so
+    # its scores come from the task's evaluate on the same validation rows
+    (first / "stsb" / "seed0" / "result.json").unlink()
+    assert run_glue(model_dir, first, "--tasks", "mrpc,stsb", "--seeds", "2") == 0
+    assert re.search(r"stsb seed 0: resumed, score -?\d\.\d{4} \(pearson", capsys.readouterr().out)
+    resumed, before = seed_scores(first)["stsb"][0][2], seed_scores(second)["stsb"][0][2]
+    assert resumed == pytest.approx(before, abs=1e-5) and set(resumed) == set(before)
+
+    check_report(first, second, summary["tasks"]["mrpc"], tmp_path / "report")
 
 
 def test_a_failing_seed_is_recorded_and_the_others_go_on(model_dir, tmp_path, monkeypatch, capsys):
@@ -183,7 +205,8 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(model_dir, tmp_path, mo
     monkeypatch.setattr(tasks, "run", real)  # a rerun retries the failed seed only
     assert run_glue(model_dir, out, "--tasks", "mrpc", "--seeds", "2") == 0
     assert "[2/2] mrpc seed 1: finished before, skipped" in capsys.readouterr().out
-    assert [s["status"] for s in json.loads((out / "glue.json").read_text())["tasks"]["mrpc"]["seeds"]] == ["finished"] * 2
+    seeds = json.loads((out / "glue.json").read_text())["tasks"]["mrpc"]["seeds"]
+    assert [s["status"] for s in seeds] == ["finished"] * 2
 
 
 def test_default_tasks_are_those_with_data_and_the_protocol_is_per_task(model_dir, tmp_path, capsys):
@@ -233,3 +256,36 @@ def test_a_regression_task_asked_of_a_classifier_export_is_refused(tmp_path, cap
     assert err.count("\n") == 1 and "a 3-class classifier cannot start glue/stsb, a regression task" in err, err
     run, skipped = glue_command.choose_tasks(None, glue_command.check_model(str(export)), str(export), False)
     assert run == ["mrpc"] and "regression task" in skipped["stsb"]
+
+
+def test_a_task_scored_on_two_splits_averages_them(model_dir, glue_data, tmp_path, monkeypatch, capsys):
+    """MNLI's matched and mismatched validation sets, here as a local stand-in with MRPC's columns (the real
+    MNLI is on the hub only): the second split is scored after training, the task score is the mean."""
+    splits = ("validation_matched", "validation_mismatched")
+    stand_in = dataclasses.replace(catalog.CATALOG["glue/mrpc"], name="glue/mnli", folder="glue/mnli",
+                                   splits=("train", *splits), eval_splits=splits)
+    monkeypatch.setitem(catalog.CATALOG, "glue/mnli", stand_in)
+    write_task(glue_data, "mnli", 240, "train", 20)
+    for i, split in enumerate(splits):
+        write_task(glue_data, "mnli", 60, "validation", 21 + i)
+        (glue_data / "glue" / "mnli" / "validation.parquet").rename(glue_data / "glue" / "mnli" / f"{split}.parquet")
+    out = tmp_path / "glue"
+    assert run_glue(model_dir, out, "--tasks", "mnli", "--seeds", "1") == 0
+    seed = json.loads((out / "glue.json").read_text())["tasks"]["mnli"]["seeds"][0]
+    matched, mismatched = seed["scores"]["score"], seed["scores"]["score/validation_mismatched"]
+    assert {"f1", "acc", "f1/validation_mismatched", "acc/validation_mismatched"} <= set(seed["scores"])
+    assert seed["score"] == pytest.approx((matched + mismatched) / 2)
+    assert f"score {seed['score']:.4f}" in capsys.readouterr().out
+    assert "| MNLI | f1+acc (m/mm) |" in (out / "glue.md").read_text()
+
+
+def test_from_scratch_trains_the_architecture_with_random_weights(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["glue", str(model_dir), "--from-scratch", "--tasks", "mrpc", "--seeds", "1", *QUICK]) == 0
+    out = tmp_path / "runs" / "glue" / f"{model_dir.name}-scratch"  # the default OUT
+    summary = json.loads((out / "glue.json").read_text())
+    assert summary["from_scratch"] and summary["tasks"]["mrpc"]["seeds"][0]["status"] == "finished"
+    config = yaml.safe_load((out / "mrpc" / "seed0" / "config.yaml").read_text())
+    assert config["model"]["init"] is None and config["model"]["dim"] == 32 and config["model"]["vocab_size"] == 25
+    assert config["data"]["tokenizer"]["path"] == str(model_dir)
+    assert "from scratch" in (out / "glue.md").read_text()

@@ -137,12 +137,15 @@ def read_protocol(recipe: str | Path) -> tuple[dict, dict[str, dict]]:
     if not isinstance(section, dict) or set(section) - {"tasks"}:
         raise XformerError(f"{recipe}: glue must be a section with one key, tasks (task -> overrides)")
     per_task = section.get("tasks") or {}
-    for task, changes in (per_task.items() if isinstance(per_task, dict) else [(per_task, None)]):
+    example = "e.g. {rte: {train: {epochs: 10}}}"
+    if not isinstance(per_task, dict):
+        raise XformerError(f"{recipe}: glue.tasks must map task names to recipe keys, {example}")
+    for task, changes in per_task.items():
         if task not in GLUE_TASKS:
             raise XformerError(f"{recipe}: glue.tasks.{task}: not a GLUE task (tasks: {', '.join(GLUE_TASKS)})"
                                f"{did_you_mean(task, GLUE_TASKS)}")
         if not isinstance(changes, dict):
-            raise XformerError(f"{recipe}: glue.tasks.{task} must be a section of recipe keys, e.g. {{train: {{epochs: 10}}}}")
+            raise XformerError(f"{recipe}: glue.tasks.{task} must be a section of recipe keys, {example}")
     return tree, per_task
 
 
@@ -150,7 +153,8 @@ def merged(base: dict, changes: dict) -> dict:
     """A copy of ``base`` with ``changes`` applied key by key, sections merged at any depth."""
     out = copy.deepcopy(base)
     for key, value in changes.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else copy.deepcopy(value)
     return out
 
 

@@ -140,7 +140,8 @@ def markdown(summary: dict, chart: Path | None) -> str:
     lines += [f"Skipped {task}: {why}." for task, why in summary["skipped"].items()]
     lines += [f"Failed {t['title']} seed {s['seed']}: {s.get('error')} (see {s['dir']}/train.log)."
               for t in summary["tasks"].values() for s in t["seeds"] if s["status"] == "failed"]
-    lines.append(f"\n![GLUE]({chart.name})" if chart else "\n(no chart: it needs matplotlib, pip install 'xformer[plots]')")
+    no_chart = "(no chart: it needs matplotlib: pip install 'xformer[plots]')"
+    lines.append(f"\n![GLUE]({chart.name})" if chart else f"\n{no_chart}")
     return "\n".join(lines) + "\n"
 
 
