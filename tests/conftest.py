@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -13,6 +14,21 @@ from xformer.commands.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def data_roots() -> list[Path]:
+    """Where tests look for the shared (real) data: ``$XFORMER_DATA``, then ``../shared/data``."""
+    env = os.environ.get("XFORMER_DATA")
+    return [Path(env).expanduser()] * bool(env) + [SHARED_DATA]
+
+
+def shared_data(*parts: str) -> Path:
+    """The shared data file or folder ``parts`` (e.g. ``"cifar10", "train.parquet"``) under the first of
+    :func:`data_roots` that holds it; the test is skipped when none does."""
+    for root in data_roots():
+        if root.joinpath(*parts).exists():
+            return root.joinpath(*parts)
+    pytest.skip(f"real data not found: {'/'.join(parts)} under {' or '.join(map(str, data_roots()))}")
 
 
 def make_documents(n_docs: int, seed: int = 0) -> list[str]:

@@ -9,8 +9,8 @@ import pytest
 
 from xformer.data import corpus_fingerprint, read_documents, split_sentences
 from xformer.errors import XformerError
+from conftest import shared_data
 
-WIKI = Path(__file__).parents[1] / "../shared/data/wiki"
 
 
 def write_parquet(path: Path, texts: list, column: str = "text") -> Path:
@@ -110,8 +110,7 @@ def test_split_sentences():
     assert split_sentences("  \n\n") == []
 
 
-@pytest.mark.skipif(not WIKI.is_dir(), reason=f"real data not found at {WIKI}")
 def test_reads_real_wiki_slice():
-    docs = read_documents(str(WIKI / "*.parquet"), max_documents=5)
+    docs = read_documents(str(shared_data("wiki") / "*.parquet"), max_documents=5)
     assert len(docs) == 5 and all(len(d) > 100 for d in docs)
     assert len(split_sentences(docs[0])) > 10

@@ -17,8 +17,8 @@ from xformer.data.configs import ImageDataConfig
 from xformer.data.image import images as images_module
 from xformer.data.image.images import load_image_data
 from xformer.errors import XformerError
+from conftest import shared_data
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -222,9 +222,8 @@ def test_hub_dataset_splits(tmp_path, monkeypatch):
     assert row_ids(data.test) == {20, 21, 22} and data.test.labels.tolist() == [0, 1, 0]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "train.parquet").is_file(), reason="no ../shared/data/cifar10")
 def test_real_cifar10_rows(tmp_path):
-    data = load(tmp_path, str(SHARED_DATA / "cifar10" / "train.parquet"), max_images=500, val_size=100)
+    data = load(tmp_path, str(shared_data("cifar10", "train.parquet")), max_images=500, val_size=100)
     assert data.class_names == CIFAR_CLASSES
     assert data.train.images.shape == (400, 3, 32, 32) and len(data.val) == 100
     assert set(data.train.labels.tolist()) == set(range(10))

@@ -17,8 +17,8 @@ from xformer.data.configs import DataConfig, TokenizerConfig
 from xformer.data import PretrainingData, prepare_pretraining_data, split_sentences
 from xformer.data.text.sentence_pairs import trim_counts
 from xformer.errors import XformerError
+from conftest import shared_data
 
-WIKI = Path(__file__).parents[1] / "../shared/data/wiki"
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud".split()
 
 
@@ -185,9 +185,8 @@ def test_errors(tmp_path, corpus_file):
         prepare_pretraining_data(config(corpus_file, tokenizer=TokenizerConfig(path=str(tmp_path / "nope"))), tmp_path)
 
 
-@pytest.mark.skipif(not WIKI.is_dir(), reason=f"real data not found at {WIKI}")
 def test_real_wiki_slice(tmp_path):
-    cfg = DataConfig(source=str(WIKI / "train-00000-of-00008.parquet"), max_documents=40, val_documents=4,
+    cfg = DataConfig(source=str(shared_data("wiki", "train-00000-of-00008.parquet")), max_documents=40, val_documents=4,
                      max_seq_len=128, tokenizer=TokenizerConfig(vocab_size=2000))
     data = prepare_pretraining_data(cfg, tmp_path)
     train = data.train

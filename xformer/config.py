@@ -93,14 +93,17 @@ class WandbConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule, logging and checkpointing: shared by every model."""
 
-    max_steps: int = Field(1000, gt=0, description="ignored when epochs is set or budget is time")
-    epochs: float | None = Field(None, gt=0, description="train for this many passes over the data")
+    max_steps: int | None = Field(None, gt=0, description="the step budget (None: 1000, or epochs); with "
+                                  "epochs: caps them; with budget time: training stops at this step if the time "
+                                  "is not spent first")
+    epochs: float | None = Field(None, gt=0, description="train for this many passes over the data (at most "
+                                 "max_steps steps when that is set)")
     max_minutes: float | None = Field(None, gt=0, description="budget steps: stop early after this wall time; "
                                       "budget time: the budget itself")
     budget: Literal["steps", "time"] = Field(
         "steps", description="what the schedule (LR, warmup, batch_ramp) runs over: max_steps / epochs (steps), "
-        "or the wall time since training began over max_minutes (time; max_steps and epochs are then ignored "
-        "and training ends when the time is spent)")
+        "or the wall time since training began over max_minutes (time; epochs is then ignored, max_steps only "
+        "stops training early, and training ends when the time is spent)")
     batch_size: int = Field(32, gt=0, description="per process, per micro-step")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (at the end of batch_ramp)")
     batch_ramp: float = Field(0.0, ge=0, lt=1, description="share of the budget over which the micro-batches per "
@@ -136,6 +139,8 @@ class TrainConfig(Section):
     save_every: int | Literal["epoch"] = 1000
     keep_last: int = Field(2, gt=0)
     progress: bool = True
+    save_on_signal_after: float = Field(300.0, ge=0, description="on SIGTERM or Ctrl-C during training, write a "
+                                        "checkpoint first when the last one is older than this (seconds)")
     wandb: WandbConfig = WandbConfig()
 
     @model_validator(mode="after")

@@ -11,7 +11,33 @@ import argparse
 import importlib
 import sys
 
+from xformer import __version__
 from xformer.errors import XformerError
+
+DESCRIPTION = """\
+xformer pretrains and fine-tunes transformer encoders (BERT, ModernBERT-style encoders, ViT, CLIP) from YAML
+recipes: each run writes checkpoints, metrics.jsonl and its resolved config.yaml into a run directory, which
+the other commands evaluate, compare and export to HF transformers."""
+
+EPILOG = """\
+examples:
+  xformer pretrain recipes/bert_tiny.yaml --set train.max_steps=100
+  xformer train recipes/vit_cifar_cpu.yaml --out runs/vit_try --resume
+  xformer eval runs/bert_sst2 --data sst2-sentences:validation
+  xformer zeroshot runs/clip_small --max-images 500
+  xformer export runs/bert_tiny exported/bert_tiny
+  xformer report runs/a runs/b
+  xformer COMMAND --help    (the options of one command)
+
+environment:
+  XFORMER_DATA         where catalogue datasets are looked for first (then ../shared/data)
+  XFORMER_CACHE        the cache of tokenizers, shards and decoded images (default ~/.cache/xformer)
+  HF_HUB_OFFLINE=1     never reach the HF hub (HF_DATASETS_OFFLINE too); HF_HOME: the hub's cache
+  WANDB_API_KEY        with train.wandb.enabled: log online (else offline)
+  CUDA_VISIBLE_DEVICES the GPUs a run may use; torchrun sets RANK, WORLD_SIZE, LOCAL_RANK for several
+
+Ctrl-C or SIGTERM stops a run after its current step (with a checkpoint when the last is older than
+train.save_on_signal_after seconds); continue it with --resume."""
 
 
 def _add_recipe_commands(sub) -> None:
@@ -93,7 +119,9 @@ def _add_clip_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``xformer`` argument parser; each command sets ``handler``, the ``module:function`` that runs it."""
-    parser = argparse.ArgumentParser(prog="xformer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="xformer", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"xformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_recipe_commands(sub)
     _add_sweep_commands(sub)
@@ -108,16 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``xformer`` command; the exit code (2: an error in the user's input, 130: interrupted)."""
+    """Run one ``xformer`` command; the exit code (2: an error in the user's input, 130: Ctrl-C, 143: SIGTERM).
+    SIGTERM ends a command as Ctrl-C does (:mod:`xformer.train.signals`)."""
+    from xformer.train.signals import Stopped, terminate_as_interrupt
+
     args = build_parser().parse_args(argv)
+    terminate_as_interrupt()
     try:
         module, name = args.handler.split(":")
         getattr(importlib.import_module(module), name)(args)
     except XformerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from xformer.errors import XformerError
@@ -41,23 +42,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _write_scores(run_dir: str, kind: str, source, scores: dict) -> None:
-    """``RUN/<kind>_<source name>.json``: the source, the number of images and the scores; one line printed."""
-    count = scores.pop("images")
+def scores_path(run_dir: str, kind: str, source, max_images: int | None, count: int) -> Path:
+    """``RUN/<kind>_<source name>.json``, or ``..._first<N>.json`` for the first N images of a larger set (a
+    partial result never overwrites a whole one)."""
     name = Path(source if isinstance(source, str) else source[0]).stem.replace(":", "_")  # cifar10:train
-    out = Path(run_dir) / f"{kind}_{name}.json"
-    atomic_write_text(out, json.dumps({"source": source, "images": count, **scores}, indent=2))
+    partial = f"_first{count}" if max_images is not None and count >= max_images else ""
+    return Path(run_dir) / f"{kind}_{name}{partial}.json"
+
+
+def _write_scores(run_dir: str, kind: str, source, scores: dict, max_images: int | None = None) -> None:
+    """:func:`scores_path`: the source, the number of images and the scores; one line printed."""
+    count = scores.pop("images")
+    out = scores_path(run_dir, kind, source, max_images, count)
+    atomic_write_text(out, json.dumps({"source": source, "images": count, "max_images": max_images, **scores},
+                                      indent=2))
     print(f"{kind} {source}: {count} images, " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" -> {out}")
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
-    """``xformer zeroshot``: zero-shot scores of a CLIP run, written to ``RUN/zeroshot_<source name>.json``."""
+    """``xformer zeroshot``: zero-shot scores of a CLIP run, written to ``RUN/zeroshot_<source name>.json``
+    (``..._first<N>.json`` with ``--max-images N``)."""
     if args.max_images is not None and args.max_images <= 0:
         raise XformerError(f"--max-images {args.max_images}: give a positive number of images")
     scores = contrastive.evaluate(Path(args.run_dir), args.data, args.split, args.max_images, mode="zeroshot",
                                   classes=args.classes, templates=args.template or CIFAR10_TEMPLATES)
     prefix = contrastive.ZEROSHOT_PREFIX
-    _write_scores(args.run_dir, "zeroshot", args.data, {k.removeprefix(prefix): v for k, v in scores.items()})
+    _write_scores(args.run_dir, "zeroshot", args.data, {k.removeprefix(prefix): v for k, v in scores.items()},
+                  args.max_images)
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
@@ -73,5 +84,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         what = "an HF directory" if spec is None else f"{spec.name} runs"
         raise XformerError(f"{args.run_dir}: no HF export for {what} "
                            f"(bert_pretraining, image_classification (ViT) and contrastive runs export)")
+    print(f"exporting {args.run_dir} to {args.out_dir} ...", file=sys.stderr)  # a big model takes a while
     kind = spec.export(Path(args.run_dir), Path(args.out_dir))
     print(f"exported {args.run_dir} to {args.out_dir} ({kind} format)")

@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")
     result = tasks.run(cfg, resume=args.resume)
     val = " ".join(f"{k}={v:.4f}" for k, v in result["val"].items() if isinstance(v, (int, float)))
-    print(f"done: step {result['step']}, run dir {cfg.out_dir}; val {val}")
+    print(f"done: step {result['step']}, run dir {cfg.out_dir}; {result.get('val_label', 'val')} {val}")
 
 
 def _has_init(model_cfg) -> bool:

@@ -21,6 +21,7 @@ from xformer.commands.results import read_result
 from xformer.config import load_yaml
 from xformer.errors import XformerError
 from xformer.train.metrics import read_metrics
+from xformer.train.schedule import DEFAULT_STEPS
 from xformer.tasks import DEFAULT_TASK, get_task
 
 IGNORED_KEYS = ("out_dir", "sweep.", "train.progress")
@@ -85,8 +86,8 @@ def _status(config: dict, result: dict, records: list[dict]) -> str:
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     if isinstance(result.get("step"), int):
         end = result["step"]  # a sweep's record of where the run ended
-    elif train.get("epochs") is None and isinstance(train.get("max_steps"), int):
-        end = train["max_steps"]
+    elif train.get("epochs") is None and isinstance(train.get("max_steps") or DEFAULT_STEPS, int):
+        end = train.get("max_steps") or DEFAULT_STEPS  # max_steps null: the default step budget
     else:
         return f"step {last} (train.epochs: last step not known)"
     if last >= end:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import secrets
@@ -126,8 +127,40 @@ def split_qkv(state: dict[str, torch.Tensor], cfg, qkv_keys, out: dict, zero_bia
             out.update(zip(bias_parts, [t.clone() for t in bias.chunk(3)]))
 
 
+# Keys transformers records in a loaded tokenizer's init_kwargs that describe how it was loaded here, not the
+# tokenizer: an exported tokenizer_config.json must not carry them.
+LOAD_ONLY_KWARGS = ("is_local", "local_files_only", "name_or_path", "cache_dir", "force_download", "token")
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def max_positions(hf_config) -> int | None:
+    """The longest input the text model of ``hf_config`` takes (its position table; CLIP's text tower's)."""
+    text = getattr(hf_config, "text_config", None) or hf_config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def save_tokenizer(tokenizer, folder: Path, max_length: int | None) -> None:
+    """``tokenizer`` saved into ``folder`` with ``model_max_length`` = the model's ``max_length`` (so HF
+    pipelines truncate rather than crash on a long text) and none of :data:`LOAD_ONLY_KWARGS`; the caller's
+    tokenizer is not changed."""
+    export = copy.copy(tokenizer)
+    export.init_kwargs = {k: v for k, v in tokenizer.init_kwargs.items() if k not in LOAD_ONLY_KWARGS}
+    if max_length is not None:
+        export.model_max_length = max_length
+        export.init_kwargs["model_max_length"] = max_length
+    export.save_pretrained(str(folder))
+
+
 def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor], tokenizer=None) -> Path:
-    """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically.
+    """Write an HF model directory (config.json, model.safetensors, optional tokenizer) atomically, its files
+    readable as any file the user writes (mode 0666 less the umask), the tokenizer's ``model_max_length`` the
+    model's position table (:func:`save_tokenizer`).
 
     It is written to a temporary directory next to ``out_dir`` and renamed into place, so it is never
     seen half-written. Raises XformerError when ``out_dir`` exists and is not an empty directory.
@@ -146,7 +179,10 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
         hf_config.save_pretrained(tmp)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, max_positions(hf_config))
+        for file in tmp.rglob("*"):  # safetensors writes 0600; an export is read by others, as a checkpoint is
+            if file.is_file():
+                os.chmod(file, 0o666 & ~_umask())
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)

@@ -164,14 +164,16 @@ def zeroshot_set(source, split: str, max_images: int | None, classes: list[str] 
                  keys: tuple[str, str]) -> ZeroShotSet:
     """The labelled images of ``source`` for zero-shot scoring, named by ``classes`` (default: the data's
     class names); ``keys`` name the data and the class names in errors (``eval.source`` / ``eval.classes``
-    of a recipe, ``--data`` / ``--classes`` of the CLI)."""
+    of a recipe, ``--data`` / ``--classes`` of the CLI). The images are decoded (and cached) once, all of
+    them, and the first ``max_images`` sliced off, so each ``max_images`` does not cache its own copy."""
     from xformer.data.image.images import load_image_data
 
-    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, max_images=max_images,
-                                           cache_dir=cache_dir), for_training=False)
+    data = load_image_data(ImageDataConfig(source=source, split=split, val_size=0, cache_dir=cache_dir),
+                           for_training=False)
     names = classes or data.class_names
     check_class_names(names, keys[1])
-    return ZeroShotSet(data.train.images, data.train.labels, names, f"{keys[0]} {source}")
+    images, labels = data.train.images[:max_images], data.train.labels[:max_images]  # (N, 3, H, W), (N,)
+    return ZeroShotSet(images, labels, names, f"{keys[0]} {source}")
 
 
 def load_data(cfg: ContrastiveConfig, tokenizer: str | None):

@@ -2,13 +2,15 @@
 
 For every task it sets up the process group and the run directory (lock, overwrite and resume checks,
 data pinning), loads the data on rank 0 first, builds the model, saves the resolved config, the
-tokenizer and the class names, trains, runs the task's ``finish`` and tears down.
+tokenizer and the class names, trains, runs the task's ``finish`` and tears down. A run directory this
+call created is removed again when the run fails before training wrote anything into it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from xformer import distributed
 from xformer.config import RunConfig, Section, config_text
 from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
 from xformer.train.loop import Trainer
-from xformer.train.run_dir import RunLock, check_start, pin_data, prepare_dir
+from xformer.train.run_dir import RunLock, check_start, pin_data, prepare_dir, remove_unstarted
 from xformer.trained.loading import tokenizer_dir
 from xformer.tasks.base import Built
 from xformer.tasks.registry import get_task
@@ -57,6 +59,7 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
     cfg = cfg.model_copy(deep=True)
     run_dir = Path(cfg.out_dir or Path("runs") / cfg.task)
     dist = distributed.setup(cfg.train.device)
+    created = not run_dir.exists()
     try:
         if dist.is_main:
             prepare_dir(run_dir)
@@ -75,22 +78,29 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
             built = spec.build(cfg, data)
             cfg = cfg.model_copy(update={"model": built.model_config})
             if dist.is_main:
-                _save_run_files(run_dir, cfg, built)
+                _save_run_files(run_dir, cfg, built, latest_checkpoint(run_dir) if resuming else None)
             trainer = Trainer(cfg, built.model, built.task, run_dir, dist)
             result = trainer.fit(resume=resuming)
             if spec.finish is not None:
                 spec.finish(cfg, data, built, trainer, result)
             return result
+    except BaseException:
+        if dist.is_main and created:
+            remove_unstarted(run_dir)
+        raise
     finally:
         distributed.teardown()
 
 
-def _save_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
-    """The resolved config, the tokenizer (never replaced once written) and the class names."""
+def _save_run_files(run_dir: Path, cfg: RunConfig, built: Built, resumed: Path | None) -> None:
+    """The resolved config, the tokenizer (never replaced once written) and the class names; the model line
+    says where the weights come from (a resumed run's from its checkpoint ``resumed``, not its init)."""
     atomic_write_text(run_dir / "config.yaml", config_text(cfg))
     if built.tokenizer is not None and not (run_dir / "tokenizer").is_dir():
         built.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     if built.class_names is not None:
         atomic_write_text(run_dir / "classes.json", json.dumps(built.class_names))
     n_params = sum(p.numel() for p in built.model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters; {built.summary}; run dir: {run_dir}")
+    summary = built.summary if resumed is None else re.sub(r"\binit [^;]*", f"weights from {resumed.name}",
+                                                           built.summary)
+    print(f"model: {n_params / 1e6:.2f}M parameters; {summary}; run dir: {run_dir}")

@@ -27,6 +27,9 @@ sync there, none per step) with an error naming the step; no checkpoint is writt
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,8 @@ from xformer.train.parallel import (
     parallelize,
     unshard_model,
 )
-from xformer.train.schedule import Clock, Schedule, budget_steps
+from xformer.train.schedule import Clock, Schedule, budget_steps, describe_budget, warmup_warning
+from xformer.train.signals import StopRequests, Stopped, signal_name
 
 
 class Trainer:
@@ -64,7 +68,8 @@ class Trainer:
         self.step_model = parallelize(self.model, self.tcfg, dist)  # before the optimizer: FSDP makes DTensors
         self.optimizer = optimizer_for(self.model, task, self.tcfg, dist.device)
         self.batches = Batches(task, self.tcfg, dist)
-        self.total_steps, steps_per_epoch = budget_steps(self.tcfg, self.batches.epoch_batches)
+        self.total_steps, self.steps_per_epoch = budget_steps(self.tcfg, self.batches.epoch_batches)
+        steps_per_epoch = self.steps_per_epoch
         self.eval_every = steps_per_epoch if self.tcfg.eval_every == "epoch" else self.tcfg.eval_every
         self.save_every = steps_per_epoch if self.tcfg.save_every == "epoch" else self.tcfg.save_every
         self.schedule = Schedule(self.tcfg, self.total_steps, self.optimizer)
@@ -74,6 +79,8 @@ class Trainer:
         self.micro_done = 0  # micro-batches read since the start of training: the next step reads on from here
         self.clock: Clock | None = None  # set by fit
         self.bar, self.log = None, None
+        self.saved_at = time.monotonic()  # when the last checkpoint was written (or training began)
+        self.saved_step: int | None = None
 
     @property
     def lr(self) -> float:
@@ -131,37 +138,98 @@ class Trainer:
         return metrics
 
     def fit(self, resume: bool = False) -> dict:
-        """Train for ``max_steps`` or ``epochs`` (or ``max_minutes``); returns the last train and validation metrics."""
+        """Train for ``max_steps`` or ``epochs`` (or ``max_minutes``); returns the last train and validation
+        metrics, with ``val_label`` (what the validation figures cover) and ``stopped_by`` (an early stop, or
+        None). Ctrl-C or SIGTERM ends training after the current step (:meth:`_stop_on_signal`)."""
+        self._announce()
         resumed = self._resume() if resume else None
         start, elapsed = (resumed["step"], resumed["elapsed"]) if resumed else (0, 0.0)
         self.schedule.set(start, elapsed)
         if self.dist.is_main:
             self.log = MetricsLog(self.run_dir / "metrics.jsonl", start if resume else None,
                                   start_wandb(self.cfg, self.run_dir))
-        self.bar = tqdm(total=self.total_steps, initial=start, disable=not (self.dist.is_main and self.tcfg.progress),
-                        dynamic_ncols=True, desc="train")
+        self.bar = tqdm(total=self.schedule.stop_step, initial=start, dynamic_ncols=True, desc="train",
+                        disable=not (self.dist.is_main and self.tcfg.progress))
         self.clock = Clock(self.dist, start, elapsed)
         self.window.start(self.clock.t_start)
+        self.saved_at, self.saved_step = time.monotonic(), start if resumed else None
         train_metrics, val_metrics = {}, {}
         step, last = start, self.schedule.spent(start, elapsed)
-        while not last:
-            self.window.add(self.train_step(step))
-            step += 1
-            self.bar.update(1)
-            last = step == self.total_steps
-            if step % self.tcfg.log_every == 0 or last:
-                train_metrics, last = self._log_train(step, last)
-            t_pause = self.clock.now()  # evaluation and checkpointing do not count against throughput
-            if step % self.eval_every == 0 or last:
-                val_metrics = self._log_val(step)
-            if step % self.save_every == 0 or last:
-                self._stop_if_diverged()
-                self.checkpointer.save(step, {"micro_batches": self.micro_done, "elapsed": self.clock.local()})
-            self.window.pause(self.clock.now() - t_pause)
+        with StopRequests() as stop:
+            while not last:
+                self.window.add(self.train_step(step))
+                step += 1
+                self.bar.update(1)
+                last = step == self.schedule.stop_step
+                logs = step % self.tcfg.log_every == 0 or last
+                if logs:
+                    train_metrics, last = self._log_train(step, last)
+                self._stop_on_signal(stop, step, logs)
+                t_pause = self.clock.now()  # evaluation and checkpointing do not count against throughput
+                if step % self.eval_every == 0 or last:
+                    val_metrics = self._log_val(step)
+                if step % self.save_every == 0 or last:
+                    self._save(step)
+                self.window.pause(self.clock.now() - t_pause)
         self._close()
+        stopped_by = self.schedule.early_stop(step, self.clock.local()) if step > start else None
+        if stopped_by and self.dist.is_main:
+            print(stopped_by)
         if self.fsdp:  # tasks' final reports may run the model on rank 0 only
             unshard_model(self.model)
-        return {"step": step, "train": train_metrics, "val": val_metrics}
+        return {"step": step, "train": train_metrics, "val": val_metrics, "val_label": self.val_label(),
+                "stopped_by": stopped_by}
+
+    def _announce(self) -> None:
+        """The run's first line: its budget (and a warning when warmup outlasts it)."""
+        if not self.dist.is_main:
+            return
+        print(describe_budget(self.tcfg, self.total_steps, self.steps_per_epoch))
+        warning = warmup_warning(self.tcfg, self.total_steps)
+        if warning:
+            print(warning, file=sys.stderr)
+
+    def val_label(self) -> str:
+        """What the validation figures of :meth:`evaluate` cover: ``val (first N batches)`` or ``val (all N
+        examples)``."""
+        data = self.task.val_data
+        n = 0 if data is None else len(data)
+        batches = math.ceil(n / self.batches.size)
+        if self.tcfg.eval_batches is not None and self.tcfg.eval_batches < batches:
+            return f"val (first {self.tcfg.eval_batches} batches, {self.tcfg.eval_batches * self.batches.size:,} examples)"
+        return f"val (all {n:,} examples)"
+
+    def _save(self, step: int) -> None:
+        """Checkpoint after ``step`` (never after a diverged step)."""
+        self._stop_if_diverged()
+        self.checkpointer.save(step, {"micro_batches": self.micro_done, "elapsed": self.clock.local()})
+        self.saved_at, self.saved_step = time.monotonic(), step
+
+    def _stop_on_signal(self, stop: StopRequests, step: int, logs: bool) -> None:
+        """After ``step``: when Ctrl-C or SIGTERM came, write a checkpoint if the last one is older than
+        ``train.save_on_signal_after`` seconds, and raise :class:`Stopped` saying what is kept. With several
+        processes they agree at log steps (one collective there), so all stop at the same step."""
+        if self.dist.world_size > 1:
+            if not logs:
+                return
+            flag = torch.tensor(float(stop.signum is not None), device=self.dist.device)
+            if not distributed.all_reduce_sums({"signal": flag})["signal"]:
+                return
+        elif stop.signum is None:
+            return
+        age = time.monotonic() - self.saved_at
+        if age > self.tcfg.save_on_signal_after and self.saved_step != step:
+            self._save(step)
+            kept = f"wrote checkpoint step_{step}"
+        else:
+            latest = self.checkpointer.latest()
+            kept = (f"kept {latest.name} from {age:.0f}s ago (train.save_on_signal_after="
+                    f"{self.tcfg.save_on_signal_after:g}), steps after it are dropped" if latest
+                    else "no checkpoint was written yet: the steps done are dropped")
+        self._close()
+        signum = stop.signum or signal.SIGTERM  # another process's signal: SLURM's is SIGTERM
+        raise Stopped(f"{signal_name(signum)}: training stopped at step {step}; {kept}; continue with --resume",
+                      signum)
 
     def _resume(self) -> dict | None:
         """Load the newest checkpoint, if any, and say when its budget is already spent."""
@@ -178,6 +246,8 @@ class Trainer:
                                f"train.max_steps / train.epochs ask for; raise them to continue")
         elif step == self.total_steps and is_main:
             print(f"{self.run_dir}: already trained for all {self.total_steps} steps ({ckpt.name})")
+        if is_main:
+            print(f"resumed from step {step} ({ckpt})")
         return resumed
 
     def _log_train(self, step: int, last: bool) -> tuple[dict, bool]:
@@ -203,7 +273,7 @@ class Trainer:
         metrics = self.evaluate()
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", **metrics})
-            self.bar.write(f"step {step} | val " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.bar.write(f"step {step} | {self.val_label()} " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     def _close(self) -> None:

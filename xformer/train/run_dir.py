@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ def prepare_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise XformerError(f"--out {run_dir}: cannot write there ({err.strerror})") from None
+
+
+# What training writes: a run directory holding none of these never trained (only its config, data pins, tokenizer).
+TRAINING_OUTPUTS = ("checkpoints", "metrics.jsonl")
+
+
+def remove_unstarted(run_dir: Path) -> bool:
+    """Remove ``run_dir`` (made by this command) when training wrote nothing into it: a start that failed on
+    bad data or config leaves no empty run behind. True when it was removed."""
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in TRAINING_OUTPUTS):
+        return False
+    if (run_dir / ".lock").exists():  # still held (by another process, or a lock not released)
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def _alive(pid: int) -> bool:

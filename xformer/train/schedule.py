@@ -1,10 +1,12 @@
 """The schedule of a run over its budget: the LR (warmup, then decay), the micro-batches per optimizer step
 (the batch-size ramp), and when training ends.
 
-The budget (``train.budget``) is ``max_steps`` / ``epochs`` steps, where the LR and the micro-batches are
-functions of the step, or ``max_minutes`` of wall time, where they are functions of the elapsed time, read
-before every step from a :class:`Clock`. There is no LRScheduler: :meth:`Schedule.set` sets each group's LR
-from the step or the time, so a resume needs only the step, the elapsed time and the micro-batch count.
+The budget (``train.budget``) is ``max_steps`` / ``epochs`` steps (``max_steps`` caps ``epochs``), where the
+LR and the micro-batches are functions of the step, or ``max_minutes`` of wall time, where they are functions
+of the elapsed time, read before every step from a :class:`Clock`. Each may be cut short by the other unit:
+``max_minutes`` stops a step budget, ``max_steps`` a time budget, and the run says so. There is no
+LRScheduler: :meth:`Schedule.set` sets each group's LR from the step or the time, so a resume needs only the
+step, the elapsed time and the micro-batch count.
 
 With several processes the time is rank 0's, broadcast at each log (every ``log_every`` steps) and carried
 forward between logs at the pace of the last log window (broadcast every step before the first log), so
@@ -66,15 +68,51 @@ def micro_batches(cfg: TrainConfig, progress: float) -> int:
     return 1 + int((cfg.grad_accum - 1) * progress / cfg.batch_ramp)
 
 
+DEFAULT_STEPS = 1000  # the step budget when neither train.max_steps nor train.epochs is set
+
+
 def budget_steps(cfg: TrainConfig, epoch_batches: int) -> tuple[int | None, int]:
     """The steps of the budget (None under a time budget: it ends when the time is spent) and the steps of
-    one epoch, for data of ``epoch_batches`` micro-batches."""
+    one epoch, for data of ``epoch_batches`` micro-batches. ``max_steps`` caps ``epochs``: the schedule
+    then runs over the capped steps."""
     steps_per_epoch = max(1, epoch_batches // cfg.grad_accum)
     if cfg.budget == "time":
         return None, steps_per_epoch
     if cfg.epochs is None:
-        return cfg.max_steps, steps_per_epoch
-    return max(1, round(cfg.epochs * steps_per_epoch)), steps_per_epoch
+        return cfg.max_steps or DEFAULT_STEPS, steps_per_epoch
+    epoch_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    return min(epoch_steps, cfg.max_steps or epoch_steps), steps_per_epoch
+
+
+def describe_budget(cfg: TrainConfig, total_steps: int | None, steps_per_epoch: int) -> str:
+    """One line saying what the run will train for: steps, epochs or minutes, the steps that makes, which key
+    decides it, and whether another key may stop it earlier."""
+    if total_steps is None:
+        line = f"budget: {cfg.max_minutes:g} minutes of training (train.budget=time; the LR follows the clock)"
+        if cfg.max_steps is not None:
+            line += f"; train.max_steps={cfg.max_steps} stops it earlier if reached first (LR not decayed)"
+        return line
+    epochs = f"{total_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch:,} steps"
+    if cfg.epochs is None:
+        key = f"train.max_steps={cfg.max_steps}" if cfg.max_steps else f"default; set train.max_steps or train.epochs"
+        line = f"budget: {total_steps:,} steps ({key}), {epochs}"
+    elif cfg.max_steps is not None and total_steps == cfg.max_steps:
+        line = (f"budget: {total_steps:,} steps (train.max_steps={cfg.max_steps} caps train.epochs={cfg.epochs:g}, "
+                f"which is {max(1, round(cfg.epochs * steps_per_epoch)):,} steps), {epochs}")
+    else:
+        line = f"budget: {cfg.epochs:g} epochs = {total_steps:,} steps of {steps_per_epoch:,} an epoch (train.epochs)"
+    if cfg.max_minutes is not None:
+        line += f"; train.max_minutes={cfg.max_minutes:g} still applies: training stops there if the steps are not done"
+    return line
+
+
+def warmup_warning(cfg: TrainConfig, total_steps: int | None) -> str | None:
+    """A warning when warmup outlasts a step budget (the LR would never reach its peak), with the numbers."""
+    if total_steps is None or cfg.warmup_steps <= total_steps:
+        return None
+    return (f"warning: train.warmup_steps={cfg.warmup_steps} is longer than the run's {total_steps:,} steps: the LR "
+            f"would reach only {total_steps / cfg.warmup_steps:.0%} of its peak train.lr={cfg.lr:g}; lower "
+            f"train.warmup_steps or use train.warmup_ratio")
 
 
 class Schedule:
@@ -107,9 +145,29 @@ class Schedule:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
+    @property
+    def stop_step(self) -> int | None:
+        """The step training ends at, whatever the time: the budget's steps, or under a time budget
+        ``max_steps`` when set (None: none)."""
+        return self.cfg.max_steps if self.time_budget else self.total_steps
+
     def spent(self, step: int, elapsed: float) -> bool:
-        """Whether the budget is spent once ``step`` steps and ``elapsed`` seconds are done."""
-        return elapsed >= self.budget_s if self.time_budget else step >= self.total_steps
+        """Whether the budget is spent once ``step`` steps and ``elapsed`` seconds are done (or, under a time
+        budget, ``max_steps`` reached)."""
+        if self.time_budget:
+            return elapsed >= self.budget_s or (self.stop_step is not None and step >= self.stop_step)
+        return step >= self.total_steps
+
+    def early_stop(self, step: int, elapsed: float) -> str | None:
+        """Why training stopped before its schedule's end at ``step`` (``elapsed`` seconds in), or None when
+        the schedule ran to its end: a step budget cut by ``max_minutes``, a time budget by ``max_steps``."""
+        if self.time_budget and elapsed < self.budget_s:
+            return (f"stopped by train.max_steps={self.stop_step} at step {step:,}, {elapsed / 60:.1f} of "
+                    f"{self.cfg.max_minutes:g} minutes (LR not decayed)")
+        if not self.time_budget and step < self.total_steps:
+            return (f"stopped by train.max_minutes={self.cfg.max_minutes:g} at step {step:,} of "
+                    f"{self.total_steps:,} (LR not decayed)")
+        return None
 
     def out_of_time(self, elapsed: float) -> bool:
         """Whether ``max_minutes`` (the budget, or an early stop under a step budget) has passed."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from xformer.train.checkpoint import atomic_write_text
 from xformer.data.image.captions import CAPTION_COLUMNS
@@ -115,7 +116,7 @@ def task_scores(model, task, dataset, batch_size: int, device: torch.device, see
     model.eval()
     generator = torch.Generator(device).manual_seed(seed)
     counts: dict[str, torch.Tensor] = {}
-    for start in range(0, len(dataset), batch_size):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating", unit="batch", disable=None):
         rows = np.arange(start, min(len(dataset), start + batch_size))
         batch = task.prepare({k: t.to(device) for k, t in dataset.batch(rows).items()}, generator, train=False)
         _, found = task.loss(model, batch, task.normalizers(batch))
@@ -136,7 +137,7 @@ def classification_report(model, dataset, augmenter, class_names: list[str], bat
     model.eval()
     confusion = torch.zeros(K, K, dtype=torch.long)
     loss_sum = 0.0
-    for start in range(0, len(dataset), batch_size):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating", unit="batch", disable=None):
         batch = dataset.batch(np.arange(start, min(len(dataset), start + batch_size)))
         labels = batch["labels"].to(device)
         if int(labels.min()) < 0 or int(labels.max()) >= K:
@@ -198,7 +199,7 @@ def write_report(report: dict, out_dir: str | Path, name: str) -> None:
     atomic_write_text(out_dir / f"eval_{name}.json", json.dumps(finite_or_none(report), indent=1, allow_nan=False))
     png = plot_confusion(report, out_dir / f"confusion_{name}.png", name)
     worst = min(report["per_class_acc"].items(), key=lambda kv: kv[1])
-    print(f"{name}: {report['images']} images, loss {report['loss']:.4f}, accuracy {report['acc']:.2%} "
+    print(f"{name} (all {report['images']:,} images): loss {report['loss']:.4f}, accuracy {report['acc']:.2%} "
           f"(lowest: {worst[0]} {worst[1]:.2%}) -> {out_dir / f'eval_{name}.json'}"
           + ("" if png else " (pip install matplotlib for the confusion-matrix PNG)"))
 

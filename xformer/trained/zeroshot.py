@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from xformer.data.image.augment import normalize, resize
 from xformer.errors import XformerError
@@ -39,9 +40,13 @@ def preprocess(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequ
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, transform: Callable, batch_size: int,
                   device: torch.device) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> unit embeddings (N, E) on the CPU, ``batch_size`` at a time."""
-    out = [model.encode_image(transform(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    """uint8 images (N, C, H, W) -> unit embeddings (N, E) on the CPU, ``batch_size`` at a time (a progress
+    bar on a terminal)."""
+    out = []
+    with tqdm(total=len(images), desc="encoding images", unit="img", disable=None) as bar:
+        for i in range(0, len(images), batch_size):
+            out.append(model.encode_image(transform(images[i:i + batch_size].to(device))).float().cpu())
+            bar.update(len(out[-1]))
     return torch.cat(out)
 
 
@@ -49,9 +54,11 @@ def encode_images(model, images: torch.Tensor, transform: Callable, batch_size: 
 def encode_texts(model, texts: list[str], tokenize: Callable, batch_size: int, device: torch.device) -> torch.Tensor:
     """Texts -> unit embeddings (M, E) on the CPU; ``tokenize(texts)`` gives (input_ids, attention_mask)."""
     out = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask = tokenize(texts[i:i + batch_size])
-        out.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
+    with tqdm(total=len(texts), desc="encoding texts", unit="text", disable=None) as bar:
+        for i in range(0, len(texts), batch_size):
+            ids, mask = tokenize(texts[i:i + batch_size])
+            out.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
+            bar.update(len(out[-1]))
     return torch.cat(out)
 
 

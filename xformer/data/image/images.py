@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from xformer.data.configs import ImageDataConfig
 from xformer.data.cache import default_cache_dir, log, publish_dir
@@ -107,7 +108,8 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: 
     images = None
     labels = []
     first = ""
-    for i, (where, payload, label) in enumerate(reader.rows):
+    rows = tqdm(reader.rows, total=reader.count, desc="decoding images", unit="img", disable=None)
+    for i, (where, payload, label) in enumerate(rows):
         if payload is None:
             raise XformerError(f"{where}: no image")
         labels.append(_caption(label, where, reader.label_column) if captions else class_label(label, where))
@@ -147,8 +149,12 @@ def load_source(
     else:
         t0 = time.perf_counter()
         log(f"decoding {reader.count} images from {src.described} ...")
-        with publish_dir(path) as work:
-            _decode_to(work, reader, cfg.image_size, captions)
+        try:
+            with publish_dir(path) as work:
+                _decode_to(work, reader, cfg.image_size, captions)
+        except KeyboardInterrupt:
+            log("interrupted: the images decoded so far are dropped (nothing is cached); the next run decodes again")
+            raise
         log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
     meta = json.loads((path / "meta.json").read_text())
     images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))  # copy-on-write map: no read yet

@@ -25,7 +25,8 @@ split gets a meta.json (its index: the shards, their example counts, totals and 
 shards to build. With one, the shards are built in this process (the tokenizer using its own threads);
 otherwise in a pool of spawned processes (fork and the tokenizer's Rust thread pool do not mix), each
 tokenizing single-threaded as the processes already fill the cores. A worker that dies (killed, out of
-memory) stops the preparation with an error; the finished shards are kept for the rerun.
+memory) stops the preparation with an error; the finished shards are kept for the rerun. Ctrl-C or SIGTERM
+stops at once (pool workers are terminated, not waited for), keeping the finished shards.
 """
 
 from __future__ import annotations
@@ -223,23 +224,42 @@ def run_shards(jobs: list[ShardJob], ctx: ShardContext, num_workers: int) -> lis
                     f"{tokens / 1e6:.1f}M tokens in {now - t0:.0f}s ({tokens / (now - t0) / 1e6:.2f}M tokens/s)")
                 t_log = now
 
-    if workers == 1:
-        report((job, build_shard(job, ctx)) for job in todo)
-    else:
-        with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker, (ctx,)) as pool:
-            futures = [pool.submit(_build_in_worker, job) for job in todo]
-            try:
-                report(future.result() for future in as_completed(futures))
-            except BrokenProcessPool:
-                raise XformerError(
-                    f"data.num_workers={workers}: a worker process died while building shards (killed, e.g. out of "
-                    f"memory?); the finished shards are kept: run again to resume, with fewer workers or a smaller "
-                    f"data.shard_documents={ctx.cfg.shard_documents}"
-                ) from None
-            finally:  # on an error, shards not started are dropped; those running finish and are kept
-                for future in futures:
-                    future.cancel()
+    try:
+        if workers == 1:
+            report((job, build_shard(job, ctx)) for job in todo)
+        else:
+            _build_in_pool(todo, ctx, workers, report)
+    except KeyboardInterrupt:
+        built = sum((ctx.work / job.split / job.name).is_dir() for job in jobs)
+        log(f"interrupted: {built} of {len(jobs)} shards are built and kept in {ctx.work} (a rerun resumes from "
+            f"them); the shards being built are dropped")
+        raise
     return [json.loads((ctx.work / job.split / job.name / "meta.json").read_text()) for job in jobs]
+
+
+def _build_in_pool(todo: list[ShardJob], ctx: ShardContext, workers: int,
+                   report: Callable[[Iterator[tuple[ShardJob, dict]]], None]) -> None:
+    """Build ``todo`` in a pool of ``workers`` spawned processes, handing each finished shard to ``report``.
+    On Ctrl-C / SIGTERM the workers are terminated at once (their half-built shards are removed by the
+    next run), not waited for."""
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker, (ctx,))
+    futures = [pool.submit(_build_in_worker, job) for job in todo]
+    try:
+        report(future.result() for future in as_completed(futures))
+    except BrokenProcessPool:
+        raise XformerError(
+            f"data.num_workers={workers}: a worker process died while building shards (killed, e.g. out of "
+            f"memory?); the finished shards are kept: run again to resume, with fewer workers or a smaller "
+            f"data.shard_documents={ctx.cfg.shard_documents}"
+        ) from None
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in set(multiprocessing.active_children()) - before:  # this pool's workers
+            worker.terminate()
+        raise
+    finally:  # on an error, shards not started are dropped; those running finish and are kept
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def publish_shards(work: Path, target: Path, jobs: list[ShardJob], metas: list[dict], meta: dict) -> None:

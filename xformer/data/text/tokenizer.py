@@ -4,15 +4,17 @@ A trained tokenizer is cached under ``CACHE/tokenizers/<hash>`` (keyed by the co
 tokenizer config) as a ``save_pretrained`` directory, so ``AutoTokenizer.from_pretrained`` (or
 ``data.tokenizer.path``) loads it like any other. It is trained on a bounded sample streamed from the
 corpus (:func:`tokenizer_sample`): the first ``train_documents`` documents, at most ``train_chars``
-characters in all, so the corpus is never held in memory.
+characters in all, so the corpus is never held in memory. Training runs in a background thread
+(:func:`in_background`) so that Ctrl-C stops it at once rather than when the Rust trainer returns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import (
@@ -24,6 +26,7 @@ from tokenizers import (
     processors,
     trainers,
 )
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 from xformer.data.configs import TokenizerConfig
@@ -49,6 +52,32 @@ def tokenizer_sample(documents: Iterable[str], max_documents: int | None, max_ch
             return
 
 
+def in_background(work: Callable[[], object], what: str, on_interrupt: str) -> None:
+    """Run ``work`` (Rust code that does not see Ctrl-C, such as tokenizer training) in a thread while this
+    one shows a spinner with the time spent and stays interruptible: Ctrl-C or SIGTERM return at once (the
+    thread is left to end with the process), with a line saying ``what`` was dropped (``on_interrupt``)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as err:  # handed to the waiting thread
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    with tqdm(desc=what, bar_format="{desc}: {elapsed}", disable=None) as spinner:
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+                spinner.refresh()
+        except KeyboardInterrupt:
+            log(f"interrupted while {what}: {on_interrupt}")
+            raise
+    if failure:
+        raise failure[0]
+
+
 def train_wordpiece(documents: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
     """Train a BERT WordPiece tokenizer on the :func:`tokenizer_sample` of ``documents`` that ``cfg``
     bounds (``train_documents``, ``train_chars``), streamed."""
@@ -63,7 +92,9 @@ def train_wordpiece(documents: Iterable[str], cfg: TokenizerConfig) -> PreTraine
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_sample(documents, cfg.train_documents, cfg.train_chars), trainer=trainer)
+    sample = tokenizer_sample(documents, cfg.train_documents, cfg.train_chars)
+    in_background(lambda: tok.train_from_iterator(sample, trainer=trainer), "training WordPiece tokenizer",
+                  "nothing is cached: the next run trains it again")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
