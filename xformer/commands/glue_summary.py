@@ -127,7 +127,7 @@ def markdown(summary: dict, chart: Path | None) -> str:
     lines = [f"# GLUE: {summary['name']}", "",
              f"Model `{summary['model']}`, {kind}; protocol `{summary['recipe']}`"
              + (f" with {', '.join(f'`{o}`' for o in summary['overrides'])}" if summary["overrides"] else "")
-             + f"; {summary['seeds']} seeds per task. Scores x100 on the validation sets; a task's score is the "
+             + f"; {summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''} per task. Scores x100 on the validation sets; a task's score is the "
              "mean of its metrics (MNLI: of matched and mismatched); median and spread (min to max) over seeds.", "",
              "| task | metric | median | spread | seeds | majority class |", "|---|---|---|---|---|---|"]
     for t in summary["tasks"].values():
