@@ -196,7 +196,8 @@ class Trainer:
         n = 0 if data is None else len(data)
         batches = math.ceil(n / self.batches.size)
         if self.tcfg.eval_batches is not None and self.tcfg.eval_batches < batches:
-            return f"val (first {self.tcfg.eval_batches} batches, {self.tcfg.eval_batches * self.batches.size:,} examples)"
+            first = self.tcfg.eval_batches
+            return f"val (first {first} batches, {first * self.batches.size:,} examples)"
         return f"val (all {n:,} examples)"
 
     def _save(self, step: int) -> None:
@@ -273,7 +274,8 @@ class Trainer:
         metrics = self.evaluate()
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", **metrics})
-            self.bar.write(f"step {step} | {self.val_label()} " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            self.bar.write(f"step {step} | {self.val_label()} {shown}")
         return metrics
 
     def _close(self) -> None:
