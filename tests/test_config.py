@@ -53,10 +53,20 @@ def test_bad_files_and_syntax(tmp_path):
 def test_every_recipe_is_valid():
     from pathlib import Path
 
+    from xformer.commands.glue import GLUE_TASKS, merged, read_protocol
+    from xformer.config import load_yaml
+    from xformer.tasks import parse_config
+
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert recipes
     for path in recipes:
-        assert isinstance(load_recipe(path), RunConfig)
+        if "glue" not in load_yaml(path):
+            assert isinstance(load_recipe(path), RunConfig)
+            continue
+        base, per_task = read_protocol(path)  # the GLUE protocol: a run config once a task's source is set
+        for task in GLUE_TASKS:
+            tree = merged(merged(base, {"data": {"source": f"glue/{task}"}}), per_task.get(task, {}))
+            assert isinstance(parse_config(tree, f"{path} ({task})"), RunConfig)
 
 
 RUN_CONFIGS = Path(__file__).parent / "golden" / "run_configs"  # saved by runs of each task at 78968a8
