@@ -19,7 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def data_roots() -> list[Path]:
     """Where tests look for the shared (real) data: ``$XFORMER_DATA``, then ``../shared/data``."""
     env = os.environ.get("XFORMER_DATA")
-    return [Path(env).expanduser()] * bool(env) + [SHARED_DATA]
+    return ([Path(env).expanduser()] if env else []) + [SHARED_DATA]
 
 
 def shared_data(*parts: str) -> Path:
