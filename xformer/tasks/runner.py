@@ -20,7 +20,8 @@ from xformer import distributed
 from xformer.config import RunConfig, Section, config_text
 from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
 from xformer.train.loop import Trainer
-from xformer.train.run_dir import RunLock, check_start, pin_data, prepare_dir, remove_unstarted
+from xformer.train.run_dir import (RunLock, check_resolved, check_start, pin_data, prepare_dir, remove_unstarted,
+                                   save_user_config)
 from xformer.trained.loading import tokenizer_dir
 from xformer.tasks.base import Built
 from xformer.tasks.registry import get_task
@@ -76,8 +77,11 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
                 data = spec.load_data(cfg, tokenizer)
             torch.manual_seed(cfg.train.seed)
             built = spec.build(cfg, data)
-            cfg = cfg.model_copy(update={"model": built.model_config})
+            requested, cfg = cfg, cfg.model_copy(update={"model": built.model_config})
+            if resuming:
+                check_resolved(run_dir, cfg)
             if dist.is_main:
+                save_user_config(run_dir, requested)  # what --resume compares: not the values derived above
                 _save_run_files(run_dir, cfg, built, latest_checkpoint(run_dir) if resuming else None)
             trainer = Trainer(cfg, built.model, built.task, run_dir, dist)
             result = trainer.fit(resume=resuming)

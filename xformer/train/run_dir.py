@@ -3,7 +3,10 @@
 - :class:`RunLock`: ``RUN/.lock`` holds the owner's PID and host; a second process is refused, a lock
   left by a dead process is taken over with a notice.
 - :func:`check_start`: refuse to start over a run that has checkpoints (without ``--resume``), and on
-  ``--resume`` refuse a config that differs from the saved one (:func:`config_diff`).
+  ``--resume`` refuse a config that differs from what the user set when the run started
+  (``RUN/user_config.yaml``, :func:`config_diff`): values a task derives at run time (``model.nsp`` from
+  ``data.objective``, sizes from the data) are compared resolved against ``RUN/config.yaml`` once the
+  model is built (:func:`check_resolved`), never against the user's defaults.
 - :func:`pin_data`: a run records the fingerprint of its data sources (``RUN/data.json``); resuming on
   changed data is refused.
 """
@@ -21,11 +24,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from xformer.train.checkpoint import atomic_write_text
-from xformer.config import RunConfig, Section, load_yaml
+from xformer.config import RunConfig, Section, config_text, load_yaml
 from xformer.errors import XformerError
 
-# Keys that never make two runs different: where they are written or cached, how they report progress.
-NOT_COMPARED = ("out_dir", "sweep", "train.progress", "data.cache_dir")
+# Keys that never make two runs different: where they are written or cached, how they report progress,
+# how many processes prepare the data (shards are its unit of work, so the examples do not depend on it),
+# how many items an evaluation batches at once.
+NOT_COMPARED = ("out_dir", "sweep", "train.progress", "data.cache_dir", "data.num_workers", "eval.batch_size")
+# The config as the user set it (recipe and --set, before any value derived at run time): what --resume compares.
+USER_CONFIG = "user_config.yaml"
 
 
 def prepare_dir(run_dir: Path) -> None:
@@ -151,23 +158,48 @@ def _norm(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def saved_config(run_dir: Path) -> dict | None:
-    file = run_dir / "config.yaml"
+def saved_config(run_dir: Path, name: str = "config.yaml") -> dict | None:
+    """The config ``name`` saved in ``run_dir`` (the resolved ``config.yaml``, or :data:`USER_CONFIG`), or None."""
+    file = run_dir / name
     return load_yaml(file, "run config") if file.is_file() else None
+
+
+def _refuse_diff(run_dir: Path, name: str, saved: dict, new: dict) -> None:
+    diff = config_diff(saved, {k: v for k, v in new.items() if k not in ("train", "task")})
+    if diff:
+        key, values = diff.split(" ", 1)
+        raise XformerError(f"--resume: {key} differs from {run_dir / name} {values}; start a new run with --out "
+                           f"to change it")
 
 
 def check_start(run_dir: Path, cfg: RunConfig, resume: bool, has_checkpoint: bool) -> None:
     """Refuse to overwrite a run; on ``--resume``, refuse a config whose model or data sections changed
-    (training settings may change on a resume, e.g. a longer ``train.max_steps``)."""
+    (training settings may change on a resume, e.g. a longer ``train.max_steps``).
+
+    ``cfg`` is what the user set, so it is compared with what the user set when the run started
+    (:data:`USER_CONFIG`). A run started before that file existed has only its resolved ``config.yaml``:
+    its sections but the model are compared here, the model once built (:func:`check_resolved`)."""
     if has_checkpoint and not resume:
         raise XformerError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or --out another dir")
-    saved = saved_config(run_dir)
-    if resume and has_checkpoint and saved is not None:
-        new = recipe_tree(cfg)
-        diff = config_diff(saved, {k: v for k, v in new.items() if k not in ("train", "task")})
-        if diff:
-            raise XformerError(f"--resume: {diff.split(' ', 1)[0]} differs from {run_dir / 'config.yaml'} "
-                               f"{diff.split(' ', 1)[1]}; start a new run with --out to change it")
+    if not (resume and has_checkpoint):
+        return
+    new = recipe_tree(cfg)
+    if (user := saved_config(run_dir, USER_CONFIG)) is not None:
+        _refuse_diff(run_dir, USER_CONFIG, user, new)
+    elif (saved := saved_config(run_dir)) is not None:
+        _refuse_diff(run_dir, "config.yaml", saved, {k: v for k, v in new.items() if k != "model"})
+
+
+def check_resolved(run_dir: Path, resolved: RunConfig) -> None:
+    """On ``--resume``, refuse a built model whose resolved section differs from the run's ``config.yaml``
+    (both hold the values derived at run time, so like is compared with like); call before saving."""
+    if (saved := saved_config(run_dir)) is not None and "model" in saved:
+        _refuse_diff(run_dir, "config.yaml", {"model": saved["model"]}, {"model": recipe_tree(resolved)["model"]})
+
+
+def save_user_config(run_dir: Path, cfg: RunConfig) -> None:
+    """Write :data:`USER_CONFIG`: ``cfg`` as the user set it, before values derived at run time."""
+    atomic_write_text(run_dir / USER_CONFIG, config_text(cfg))
 
 
 # ----------------------------------------------------------------------------- data pinning
@@ -195,7 +227,7 @@ def pin_data(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
     """Record the fingerprints of the run's data in ``RUN/data.json``; on resume, refuse changed data."""
     from xformer.data.sources import source_fingerprint
 
-    now = {key: source_fingerprint(source, split) for key, (source, split) in data_sources(cfg).items()}
+    now = {key: source_fingerprint(source, split, key) for key, (source, split) in data_sources(cfg).items()}
     file = run_dir / "data.json"
     if resume and file.is_file():
         try:
