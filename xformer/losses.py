@@ -2,14 +2,30 @@
 
 Each loss returns ``(loss, counts)``. ``counts`` are 0-d tensors of sums (never means), so the trainer
 can add them over steps and processes without a host sync, and turn them into metrics at log time.
+
+The counts of targets are named ``n`` or ``<what>_n`` (:func:`no_targets`); a metric over no targets is
+NaN (written as null), never 0: a loss of 0 would read as a perfect model.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+
+
+def no_targets(counts: dict[str, float]) -> list[str]:
+    """The target counts (``n``, ``mlm_n``, ``nsp_n``, ...) of summed ``counts`` that are 0: the metrics over
+    them were not measured."""
+    return [k for k, v in counts.items() if (k == "n" or k.endswith("_n")) and v == 0]
+
+
+def _mean(total: float, n: float) -> float:
+    """``total / n``; NaN (not measured) when there were no targets."""
+    return total / n if n else math.nan
 
 
 def bert_pretraining_loss(
@@ -56,13 +72,13 @@ def bert_pretraining_loss(
 
 def bert_pretraining_metrics(counts: dict[str, float]) -> dict[str, float]:
     """Turn summed counts (see :func:`bert_pretraining_loss`) into loss and accuracy metrics."""
-    mlm_n = max(counts["mlm_n"], 1)
-    metrics = {"loss": counts["mlm_loss_sum"] / mlm_n, "mlm_loss": counts["mlm_loss_sum"] / mlm_n,
-               "mlm_acc": counts["mlm_correct"] / mlm_n}
+    mlm_n = counts["mlm_n"]
+    metrics = {"loss": _mean(counts["mlm_loss_sum"], mlm_n), "mlm_loss": _mean(counts["mlm_loss_sum"], mlm_n),
+               "mlm_acc": _mean(counts["mlm_correct"], mlm_n)}
     if "nsp_n" in counts:
-        nsp_n = max(counts["nsp_n"], 1)
-        metrics["nsp_loss"] = counts["nsp_loss_sum"] / nsp_n
-        metrics["nsp_acc"] = counts["nsp_correct"] / nsp_n
+        nsp_n = counts["nsp_n"]
+        metrics["nsp_loss"] = _mean(counts["nsp_loss_sum"], nsp_n)
+        metrics["nsp_acc"] = _mean(counts["nsp_correct"], nsp_n)
         metrics["loss"] += metrics["nsp_loss"]
     return metrics
 
@@ -93,8 +109,9 @@ def classification_loss(
 
 
 def classification_metrics(counts: dict[str, float]) -> dict[str, float]:
-    n = max(counts["n"], 1)
-    return {"loss": counts["loss_sum"] / n, "acc": counts["correct"] / n}
+    """Mean loss and accuracy over the summed counts of :func:`classification_loss`."""
+    n = counts["n"]
+    return {"loss": _mean(counts["loss_sum"], n), "acc": _mean(counts["correct"], n)}
 
 
 def regression_loss(
@@ -118,7 +135,7 @@ def regression_loss(
 
 def regression_metrics(counts: dict[str, float]) -> dict[str, float]:
     """The mean squared error as ``loss``."""
-    return {"loss": counts["loss_sum"] / max(counts["n"], 1)}
+    return {"loss": _mean(counts["loss_sum"], counts["n"])}
 
 
 def contrastive_loss(
@@ -160,5 +177,6 @@ def contrastive_loss(
 
 def contrastive_metrics(counts: dict[str, float]) -> dict[str, float]:
     """Loss and in-batch top-1 accuracy in both directions (chance: 1 / batch size)."""
-    n = max(counts["n"], 1)
-    return {"loss": counts["loss_sum"] / n, "i2t_acc": counts["i2t_correct"] / n, "t2i_acc": counts["t2i_correct"] / n}
+    n = counts["n"]
+    return {"loss": _mean(counts["loss_sum"], n), "i2t_acc": _mean(counts["i2t_correct"], n),
+            "t2i_acc": _mean(counts["t2i_correct"], n)}

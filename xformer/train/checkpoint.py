@@ -42,7 +42,7 @@ DCP_DIR = "dcp"  # a sharded checkpoint's model + optimizer state
 OPTIMIZER_IN_DCP = "dcp"  # train_state.pt's "optimizer" when the optimizer state is in dcp/
 
 _warned: set[tuple[Path, str]] = set()  # each damaged checkpoint is reported once per process
-_hashed: set[tuple[Path, int]] = set()  # (checkpoint, manifest mtime) whose hashes matched in this process
+_hashed: set[tuple] = set()  # (checkpoint, its files' mtimes and inodes) whose hashes matched in this process
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -91,9 +91,10 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
     """What is wrong with the checkpoint directory ``path``, or None when it is intact.
 
     With a manifest, every file it lists must exist with the recorded size, then (with ``hashes``) the
-    recorded sha256; a checkpoint whose hashes matched once in this process is not hashed again while its
-    manifest is unchanged. Without one (checkpoints written before manifests), ``model.safetensors`` and
-    ``config.yaml`` must exist and, like ``train_state.pt`` where present, be non-empty.
+    recorded sha256; a checkpoint whose hashes matched once in this process is not hashed again while none
+    of its files was rewritten (same mtimes and inodes). Without one (checkpoints written before manifests),
+    ``model.safetensors`` and ``config.yaml`` must exist and, like ``train_state.pt`` where present, be
+    non-empty.
     """
     path = Path(path)
     if not path.is_dir():
@@ -110,7 +111,9 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> str | None:
             return f"{name} is missing"
         if (actual := (path / name).stat().st_size) != size:
             return f"{name} has {actual} bytes, {MANIFEST} records {size} (truncated or overwritten)"
-    seal = (path.resolve(), (path / MANIFEST).stat().st_mtime_ns)
+    # a file rewritten in place (a flipped bit) changes its mtime: hash again whenever any stat differs
+    seal = (path.resolve(), tuple((name, (path / name).stat().st_mtime_ns, (path / name).stat().st_ino)
+                                  for name in (MANIFEST, *entries)))
     if not hashes or seal in _hashed:
         return None
     for name, (_, digest) in entries.items():

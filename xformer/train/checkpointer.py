@@ -12,12 +12,14 @@ and a LambdaLR's state under ``scheduler`` (the LR now follows from the step or 
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import torch
 
 from xformer import distributed
 from xformer.config import RunConfig
+from xformer.errors import XformerError
 from xformer.train.checkpoint import (
     OPTIMIZER_IN_DCP,
     latest_checkpoint,
@@ -27,6 +29,18 @@ from xformer.train.checkpoint import (
     set_rng_state,
 )
 from xformer.train.sharded_checkpoint import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding NaN or Inf (in this process's shard of an FSDP
+    model), or None."""
+    from torch.distributed.tensor import DTensor
+
+    for name, t in chain(model.named_parameters(), model.named_buffers()):
+        t = t.to_local() if isinstance(t, DTensor) else t
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
 
 
 def match_state_shapes(optimizer: torch.optim.Optimizer) -> None:
@@ -88,5 +102,17 @@ class Checkpointer:
             state = load_checkpoint(ckpt, self.model)
             self.optimizer.load_state_dict(state["optimizer"])
             match_state_shapes(self.optimizer)
+        self._refuse_non_finite(ckpt)
         set_rng_state(state["rng"])
         return {**upgrade_state(state, self.cfg.train.grad_accum), "path": ckpt}
+
+    def _refuse_non_finite(self, ckpt: Path) -> None:
+        """XformerError on every process when the weights just loaded from ``ckpt`` hold NaN or Inf in any
+        process's shard (training never saves such weights: the checkpoint was altered after it was written)."""
+        bad = first_non_finite(self.model)
+        flag = torch.tensor(float(bad is not None), device=self.dist.device)
+        if distributed.all_reduce_sums({"bad": flag})["bad"]:
+            where = f" (first: {bad})" if bad else ""
+            raise XformerError(f"--resume: the weights of {ckpt} are not finite{where}; the checkpoint was altered "
+                               f"after training wrote it: restore it from a copy, or delete it to resume from an "
+                               f"older one")

@@ -21,7 +21,9 @@ checkpoints full or sharded (:mod:`~xformer.train.checkpointer`) and the logged 
 (:mod:`~xformer.train.metrics`).
 
 A step whose loss or gradient norm is not finite stops training at the next log or save (one host
-sync there, none per step) with an error naming the step; no checkpoint is written after it.
+sync there, none per step) with an error naming the step; no checkpoint is written after it. So does a
+training loss that explodes without going non-finite (:class:`~xformer.train.metrics.ExplosionWatch`).
+A validation record with no targets, or a non-finite loss, is warned about with its step.
 """
 
 from __future__ import annotations
@@ -39,9 +41,18 @@ from tqdm.auto import tqdm
 from xformer import distributed
 from xformer.config import RunConfig
 from xformer.errors import XformerError
+from xformer.losses import no_targets
 from xformer.train.batches import Batches, process_rows, seeded_generator
 from xformer.train.checkpointer import Checkpointer
-from xformer.train.metrics import DivergenceWatch, LogWindow, MetricsLog, add_counts, start_wandb
+from xformer.train.metrics import (
+    DivergenceWatch,
+    ExplosionWatch,
+    LogWindow,
+    MetricsLog,
+    add_counts,
+    start_wandb,
+    validation_warning,
+)
 from xformer.train.optimizer import optimizer_for
 from xformer.train.parallel import (
     autocast_for,
@@ -76,6 +87,8 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, cfg, self.model, self.optimizer, dist, self.fsdp)
         self.window = LogWindow(model, dist, self.tcfg.peak_tflops)
         self.divergence = DivergenceWatch(dist.device)
+        self.explosion = ExplosionWatch()
+        self.val_counts: dict[str, float] = {}  # the summed counts of the last evaluation
         self.micro_done = 0  # micro-batches read since the start of training: the next step reads on from here
         self.clock: Clock | None = None  # set by fit
         self.bar, self.log = None, None
@@ -107,6 +120,7 @@ class Trainer:
         counts["nonfinite"] = counts["nonfinite"] + (~torch.isfinite(norm)).sum()
         counts["grad_norm"] = norm.detach().double()
         self.divergence.update(step + 1, counts["nonfinite"])
+        self.explosion.add(step + 1, counts)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.micro_done += accum
@@ -117,6 +131,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Metrics over the first ``eval_batches`` global batches of the validation data (fixed masks)."""
         data, size = self.task.val_data, self.batches.size
+        self.val_counts = {}
         if data is None or len(data) == 0:
             return {}
         self.step_model.eval()
@@ -132,7 +147,8 @@ class Trainer:
             with self.autocast():
                 _, c = self.task.loss(self.model, {n: t[rows] for n, t in full.items()}, self.task.normalizers(full))
             add_counts(counts, c)
-        metrics = self.task.metrics(distributed.all_reduce_sums(counts))
+        self.val_counts = distributed.all_reduce_sums(counts)
+        metrics = self.task.metrics(self.val_counts)
         if hasattr(self.task, "evaluate"):  # whole-model evaluations (zero-shot, retrieval)
             metrics.update(self.task.evaluate(self.model))
         return metrics
@@ -201,8 +217,10 @@ class Trainer:
         return f"val (all {n:,} examples)"
 
     def _save(self, step: int) -> None:
-        """Checkpoint after ``step`` (never after a diverged step)."""
+        """Checkpoint after ``step`` (never after a diverged or exploded step)."""
         self._stop_if_diverged()
+        if self.window.steps:  # steps since the last log: their loss was not checked yet
+            self._stop_if_exploded(step, self.task.metrics(self.window.sums()).get("loss"))
         self.checkpointer.save(step, {"micro_batches": self.micro_done, "elapsed": self.clock.local()})
         self.saved_at, self.saved_step = time.monotonic(), step
 
@@ -264,6 +282,7 @@ class Trainer:
         metrics = {**self.task.metrics(sums), "lr": self.lr, **window}
         if sums.get("nonfinite"):
             self._stop_if_diverged()
+        self._stop_if_exploded(step, metrics.get("loss"))
         if self.dist.is_main:
             self.log.write({"step": step, "split": "train", **metrics, "elapsed_s": self.clock.local()})
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k == "loss" or "_per_s" in k})
@@ -274,8 +293,12 @@ class Trainer:
         metrics = self.evaluate()
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", **metrics})
-            shown = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            untargeted = bool(no_targets(self.val_counts))  # its NaN metrics were not measured: say so
+            shown = " | ".join(f"{k} no targets" if untargeted and math.isnan(v) else f"{k} {v:.4f}"
+                               for k, v in metrics.items())
             self.bar.write(f"step {step} | {self.val_label()} {shown}")
+            if warning := validation_warning(step, self.val_counts, metrics, self.val_label()):
+                print(warning, file=sys.stderr)
         return metrics
 
     def _close(self) -> None:
@@ -283,6 +306,16 @@ class Trainer:
         if self.log is not None:
             self.log.close()
         self.batches.close()
+
+    def _stop_if_exploded(self, step: int, loss: float | None) -> None:
+        """Stop (XformerError) once the training loss logged after ``step`` is many times its start."""
+        reason = None if loss is None else self.explosion.check(step, loss, self.task.metrics)
+        if reason is None:
+            return
+        self._close()
+        raise XformerError(
+            f"{reason} (lr {self.lr:.3g}); training stopped and nothing was saved after it; the last good "
+            f"checkpoint is {self.checkpointer.latest() or 'none'}; lower train.lr or raise train.warmup_steps")
 
     def _stop_if_diverged(self) -> None:
         """Stop (XformerError) once a step had a non-finite loss or gradient: nothing more is saved."""

@@ -1,6 +1,7 @@
 """``metrics.jsonl``: one strict-JSON object per line, written by the trainer and read by reports; and
 what the trainer logs there: the counts of a log window with its throughput, model FLOPs utilisation and
-mean gradient norm, and the watch for a diverged step.
+mean gradient norm, the watches for a diverged step (non-finite) and an exploded loss (finite, but
+:data:`EXPLOSION_FACTOR` times its start), and what a validation record warns about.
 
 Non-finite numbers are written as ``null`` (bare ``NaN`` is not JSON). Readers skip a cut-off last
 line (a run killed mid-write) silently and any other unreadable line with a warning naming it.
@@ -18,6 +19,12 @@ import torch
 
 from xformer import distributed
 from xformer.errors import XformerError
+from xformer.losses import no_targets
+
+# A training loss this many times its start (its first step's, at least 1) has exploded: the weights grew
+# without bound, even where nothing is NaN yet. Cross-entropy starts near ln(classes) and a regression near
+# the targets' variance; neither gets 1000 times worse while training works.
+EXPLOSION_FACTOR = 1e3
 
 
 def finite_or_none(record: dict) -> dict:
@@ -134,6 +141,10 @@ class LogWindow:
         """Leave ``seconds`` (evaluation, checkpointing) out of the throughput."""
         self.t_log += seconds
 
+    def sums(self) -> dict[str, float]:
+        """The counts of the steps not logged yet, summed over processes (one collective), the window kept."""
+        return distributed.all_reduce_sums(self.counts)
+
     def close(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
         """The window's counts summed over processes (one collective) and its metrics: the mean gradient norm,
         throughput in whatever the task counts (``tokens``, ``images``) and MFU; the next window starts."""
@@ -164,3 +175,48 @@ class DivergenceWatch:
         """The first non-finite step, or None (one host sync: call it at logs and saves)."""
         first_bad = int(self.first_bad)
         return None if first_bad < 0 else first_bad
+
+
+class ExplosionWatch:
+    """The training loss against its start, the loss of the first step after (re)starting: :meth:`check`
+    says when a logged loss is :data:`EXPLOSION_FACTOR` times it (a finite explosion, which
+    :class:`DivergenceWatch` does not see)."""
+
+    def __init__(self):
+        self.first: dict[str, torch.Tensor] | None = None  # the first step's counts, on the device
+        self.start: tuple[int, float] | None = None  # (step, loss) once measured
+
+    def add(self, step: int, counts: dict[str, torch.Tensor]) -> None:
+        """Keep the counts of ``step`` (1-based) when it is the first one seen (no host sync)."""
+        if self.first is None and self.start is None:
+            self.first = {k: v for k, v in counts.items() if k != "grad_norm"}
+            self.start = (step, math.nan)
+
+    def check(self, step: int, loss: float, metrics_of) -> str | None:
+        """What is wrong when the training loss ``loss`` logged after ``step`` is many times its start, or
+        None. The first call measures the start (one collective, so every process decides alike);
+        ``metrics_of`` turns summed counts into the task's metrics."""
+        if self.start is None:
+            return None
+        if self.first is not None:
+            first_loss = metrics_of(distributed.all_reduce_sums(self.first)).get("loss", math.nan)
+            self.start = (self.start[0], float(first_loss))
+            self.first = None
+        first_step, start = self.start
+        if not (math.isfinite(start) and math.isfinite(loss)) or loss <= EXPLOSION_FACTOR * max(start, 1.0):
+            return None
+        return (f"step {step}: the training loss exploded to {loss:.3g}, {loss / start:.2g} times its start "
+                f"({start:.3g} at step {first_step}): the run diverged before any value was not finite")
+
+
+def validation_warning(step: int, counts: dict[str, float], metrics: dict[str, float], label: str) -> str | None:
+    """The warning a validation record after ``step`` calls for, or None: the validation data gave no targets
+    (``counts``'s target counts are 0: its loss is "no targets", not 0), or its loss is not finite."""
+    if missing := no_targets(counts):
+        return (f"warning: step {step}: the validation data ({label}) gave no targets ({', '.join(missing)} = 0): "
+                f"its loss and accuracy are not measured (no targets), not 0")
+    loss = metrics.get("loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+        return (f"warning: step {step}: the validation loss is {loss} ({label}); the weights or the validation "
+                f"data hold non-finite values")
+    return None

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model
 from torch import nn
 
 from xformer.config import EncoderConfig, Section, load_yaml
 from xformer.errors import XformerError
 from xformer.models.registry import build_model, hf_format, model_config
-from xformer.train.checkpoint import latest_checkpoint
+from xformer.train.checkpoint import list_checkpoints, verify_checkpoint
+from xformer.train.checkpointer import first_non_finite
 
 EXPECTED = ("expected an xformer run directory (config.yaml + checkpoints/), a checkpoint directory "
             "(model.safetensors + config.yaml), an HF BERT, ModernBERT, ViT, CLIP or sentence-transformers "
@@ -37,6 +39,30 @@ def _kind(path: Path) -> str:
     raise XformerError(f"{path}: not a model; {EXPECTED}")
 
 
+def checkpoint_of(path: Path, hashes: bool = True) -> Path:
+    """The checkpoint that loading ``path`` reads, once it is intact: ``path`` itself, or a run's newest
+    checkpoint, never an older one in its place (that would be another model). Intact means the sizes and,
+    with ``hashes``, the SHA-256 sums of its ``manifest.json`` match; XformerError naming the checkpoint and
+    the damaged file otherwise."""
+    if _kind(path) == "run":
+        found = list_checkpoints(path)
+        if not found:
+            raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
+        path = found[-1]
+    if (reason := verify_checkpoint(path, hashes)) is not None:
+        raise XformerError(f"checkpoint {path} is damaged: {reason}; restore it from a copy, or delete it to "
+                           f"use an older one")
+    return path
+
+
+def refuse_non_finite(model: nn.Module, what: str) -> nn.Module:
+    """``model``, once no weight of it holds NaN or Inf (training never saves such weights, so they are
+    damage); XformerError naming ``what`` and the first such weight otherwise."""
+    if (bad := first_non_finite(model)) is not None:
+        raise XformerError(f"{what}: the weights are not finite (first: {bad}); refusing to use them")
+    return model
+
+
 def with_attn_backend(cfg: Section, attn_backend: str) -> Section:
     """``cfg`` with ``attn_backend`` in every encoder section it holds (itself, CLIP's towers)."""
     if isinstance(cfg, EncoderConfig):
@@ -56,12 +82,15 @@ def _load_checkpoint(ckpt: Path, attn_backend: str) -> nn.Module:
         model = build_model(model_cfg)
     except ValueError as err:  # a size the run fills in from its data (vocab_size, num_classes) is missing
         raise XformerError(f"{config_file}: incomplete model config: {err}") from None
+    weights = ckpt / "model.safetensors"
     try:
-        load_model(model, ckpt / "model.safetensors")
+        load_model(model, weights)
+    except (SafetensorError, OSError) as err:  # a checkpoint without a manifest is checked only here
+        raise XformerError(f"{weights} cannot be read: {str(err).strip().splitlines()[0]}") from None
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0]
-        raise XformerError(f"{ckpt / 'model.safetensors'} does not match {config_file}: {reason}") from None
-    return model.eval()
+        raise XformerError(f"{weights} does not match {config_file}: {reason}") from None
+    return refuse_non_finite(model, str(weights)).eval()
 
 
 def _hf_folder(source: str) -> tuple[Path, Path]:
@@ -110,11 +139,7 @@ def load_config(path: str | Path) -> Section:
 
     text = str(path)
     if not _is_hf(path):
-        ckpt = Path(path)
-        if _kind(ckpt) == "run":
-            ckpt = latest_checkpoint(ckpt)
-            if ckpt is None:
-                raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
+        ckpt = checkpoint_of(Path(path), hashes=False)  # sizes only: no weights are read here
         tree = load_yaml(ckpt / "config.yaml", "checkpoint config")
         return model_config(tree.get("model"), str(ckpt / "config.yaml"))
     hf_config = _read_hf_config(text.removeprefix("hf:"))
@@ -162,23 +187,16 @@ def load(path: str | Path, attn_backend: str = "sdpa") -> nn.Module:
       :func:`xformer.interop.hf_vit.load_hf_vit` (with its classifier, else the backbone); an HF CLIP
       ("clip"): :func:`xformer.interop.hf_clip.load_hf_clip`.
 
-    Anything else raises XformerError naming the path.
+    A checkpoint is read only once its ``manifest.json`` vouches for it (sizes and SHA-256 sums; a damaged
+    newest one is refused, not replaced by an older one: :func:`checkpoint_of`); weights holding NaN or
+    Inf are refused. Anything else raises XformerError naming the path.
     """
     if not isinstance(path, (str, Path)) or not str(path):
         raise XformerError(f"xformer.load: got {path!r}; {EXPECTED}")
     text = str(path)
-    if text.startswith("hf:"):
-        return _load_hf(text[3:], attn_backend)
-    path = Path(path)
-    kind = _kind(path)
-    if kind == "hf":
-        return _load_hf(str(path), attn_backend)
-    if kind == "run":
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
-        path = ckpt
-    return _load_checkpoint(path, attn_backend)
+    if text.startswith("hf:") or _kind(Path(path)) == "hf":
+        return refuse_non_finite(_load_hf(text.removeprefix("hf:"), attn_backend), text)
+    return _load_checkpoint(checkpoint_of(Path(path)), attn_backend)
 
 
 def tokenizer_dir(path: str | Path) -> str:
