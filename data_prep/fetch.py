@@ -1,11 +1,12 @@
 """Download a catalogue dataset from the HF hub into the Parquet layout the catalogue reads.
 
-    python data_prep/fetch.py NAME --out DIR [--split S ...] [--max-rows N]
+    python data_prep/fetch.py NAME --out DIR [--split S ...] [--max-rows N] [--overwrite]
 
 Writes ``DIR/NAME/<split>.parquet`` (``<split>-NNNNN.parquet`` shards for large sets such as wikipedia), with
 the catalogue's columns (see ``xformer/data/catalog.py``), every split of the hub copy unless ``--split``
 names some. A new folder appears whole (written beside it, then renamed); splits fetched into an existing
-folder replace only their own files. Then ``export XFORMER_DATA=DIR`` (or copy ``DIR/NAME`` beside the
+folder replace only their own files, and only with ``--overwrite`` when that split is already there (nothing
+is fetched before that is known). Then ``export XFORMER_DATA=DIR`` (or copy ``DIR/NAME`` beside the
 project as ``../shared/data/<folder>``) and use NAME as a data source, e.g. ``data.source: NAME``.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from xformer.data import catalog
-from xformer.errors import XformerError
+from xformer.errors import XformerError, os_error_line
 
 BATCH_ROWS = 1000  # rows read from the hub and written at a time
 
@@ -50,22 +51,42 @@ def write_split(data, folder: Path, split: str, shard_rows: int | None) -> int:
     return rows
 
 
+def _split_files(folder: Path, split: str) -> list[Path]:
+    return [p for p in [folder / f"{split}.parquet", *sorted(folder.glob(f"{split}-*.parquet"))] if p.exists()]
+
+
 def _publish(work: Path, target: Path, splits: list[str]) -> None:
     """Move the fetched ``splits`` from ``work`` to ``target``: one rename for a new folder, else file by file,
-    each split's old files removed first."""
+    each new file first, then the split's old files the new ones did not replace (a split is never absent)."""
     if not target.exists():
         os.rename(work, target)
         return
     for split in splits:
-        for old in [target / f"{split}.parquet", *target.glob(f"{split}-*.parquet")]:
-            old.unlink(missing_ok=True)
-        for new in [work / f"{split}.parquet", *work.glob(f"{split}-*.parquet")]:
-            if new.is_file():
-                os.replace(new, target / new.name)
+        new = _split_files(work, split)
+        for file in new:
+            os.replace(file, target / file.name)
+        for old in _split_files(target, split):
+            if old.name not in {f.name for f in new}:
+                old.unlink(missing_ok=True)
 
 
-def fetch(name: str, out: Path, splits: list[str] | None = None, max_rows: int | None = None) -> Path:
-    """Fetch catalogue set ``name`` from the hub into ``out/name``; returns that folder."""
+def check_target(target: Path, splits: list[str], overwrite: bool) -> None:
+    """Refuse, before any download, a target that is a file, or split files already there without ``overwrite``."""
+    for above in [target, *target.parents]:
+        if above.exists() and not above.is_dir():
+            raise XformerError(f"--out: {above} is a file, not a folder; choose another --out")
+        if above.exists():
+            break
+    if target.is_dir() and not overwrite:
+        found = next((f for split in splits for f in _split_files(target, split)), None)
+        if found is not None:
+            raise XformerError(f"{found} already exists; pass --overwrite to fetch it again, or choose another --out")
+
+
+def fetch(name: str, out: Path, splits: list[str] | None = None, max_rows: int | None = None,
+          overwrite: bool = False) -> Path:
+    """Fetch catalogue set ``name`` from the hub into ``out/name``; returns that folder. Split files already
+    there are replaced only with ``overwrite``; a failed write (disk full, read-only) leaves them as they were."""
     dataset = catalog.CATALOG.get(name)
     if dataset is None:
         raise XformerError(f"fetch {name!r}: not a catalogue name (names: {', '.join(catalog.CATALOG)})")
@@ -79,8 +100,12 @@ def fetch(name: str, out: Path, splits: list[str] | None = None, max_rows: int |
             raise XformerError(f"fetch {name!r}: {dataset.hub} has no split {split!r} "
                                f"(splits: {', '.join(dataset.splits)})")
         hub_splits.append(found)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))  # same file system: the rename is atomic
+    check_target(out / name, hub_splits, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))  # same file system: the rename is atomic
+    except OSError as err:
+        raise XformerError(f"fetch {name!r}: {os_error_line(err, 'cannot write in --out')}") from None
     try:
         for split in dict.fromkeys(hub_splits):
             try:
@@ -93,21 +118,26 @@ def fetch(name: str, out: Path, splits: list[str] | None = None, max_rows: int |
             if rows == 0:
                 raise XformerError(f"fetch {name!r} split {split!r}: the hub copy has no rows")
             print(f"{name} {split}: {rows} rows", flush=True)
-        _publish(work, out / name, hub_splits)
+        try:
+            _publish(work, out / name, hub_splits)
+        except OSError as err:
+            raise XformerError(f"fetch {name!r}: {os_error_line(err, 'could not move fetched files')}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out / name
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Fetch one catalogue set; the exit code (2 with one ``error:`` line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", help=f"catalogue name: {', '.join(catalog.CATALOG)}")
     parser.add_argument("--out", required=True, type=Path, help="the data folder: NAME/ is written inside it")
     parser.add_argument("--split", action="append", help="a split to fetch (repeatable; default: all)")
     parser.add_argument("--max-rows", type=int, help="the first N rows of each split only (e.g. a Wikipedia sample)")
+    parser.add_argument("--overwrite", action="store_true", help="fetch again splits the folder already holds")
     args = parser.parse_args(argv)
     try:
-        folder = fetch(args.name, args.out, args.split, args.max_rows)
+        folder = fetch(args.name, args.out, args.split, args.max_rows, args.overwrite)
     except XformerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 from xformer.data.text.pretraining import prepare_pretraining_data
-from xformer.errors import XformerError
+from xformer.errors import XformerError, os_error_line
 from xformer.commands.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prepare a recipe's pretraining examples; the exit code (2 with one ``error:`` line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="YAML recipe whose data section to prepare")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_pretraining_data(cfg.data, Path(args.cache_dir) if args.cache_dir else None)
     except XformerError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, a read-only cache, a file where a folder is expected: nothing published
+        print(f"error: {os_error_line(err, 'preparing the cache:')}", file=sys.stderr)
         return 2
     print(f"cache: {data.cache_path}")
     for name, split in (("train", data.train), ("val", data.val)):

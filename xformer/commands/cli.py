@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from xformer import __version__
-from xformer.errors import XformerError
+from xformer.errors import XformerError, os_error_line
 
 DESCRIPTION = """\
 xformer pretrains and fine-tunes transformer encoders (BERT, ModernBERT-style encoders, ViT, CLIP) from YAML
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         getattr(importlib.import_module(module), name)(args)
     except XformerError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only folder, a file where a folder is expected: never a traceback
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except Stopped as err:
         print(f"stopped: {err}", file=sys.stderr)

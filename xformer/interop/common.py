@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from xformer.errors import XformerError
+from xformer.errors import XformerError, os_error_line
 
 # HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation, swish is silu.
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
@@ -163,18 +164,37 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
     model's position table (:func:`save_tokenizer`).
 
     It is written to a temporary directory next to ``out_dir`` and renamed into place, so it is never
-    seen half-written. Raises XformerError when ``out_dir`` exists and is not an empty directory.
+    seen half-written. Raises XformerError when ``out_dir`` exists and is not an empty directory (a folder
+    this export did not make), and, leaving nothing behind, when it cannot be written (disk full, a
+    read-only folder, a file where a folder is expected).
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise XformerError(f"{out}: exists and is a file; choose a new export directory")
+    if out.exists() and any(out.iterdir()):
         raise XformerError(f"{out}: already exists and is not empty; choose a new export directory")
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise XformerError(f"refusing to export to {out}: the weights are not finite (first: {bad})")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise XformerError(f"cannot export to {out}: {os_error_line(err)}") from None
+    try:
+        _write_hf_files(tmp, out, hf_config, state, tokenizer)
+    except OSError as err:
+        raise XformerError(f"could not export to {out}: {os_error_line(err)}; nothing was written there") from None
+    except SafetensorError as err:  # its own I/O errors (a full disk) come as this, not OSError
+        reason = (str(err).strip().splitlines() or ["write failed"])[0]
+        raise XformerError(f"could not export to {out}: {reason}; nothing was written there") from None
+    return out
+
+
+def _write_hf_files(tmp: Path, out: Path, hf_config, state: dict[str, torch.Tensor], tokenizer) -> None:
+    """Fill ``tmp`` and rename it to ``out`` (empty or absent); ``tmp`` is removed on any failure."""
     try:
         hf_config.save_pretrained(tmp)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -189,7 +209,6 @@ def write_hf_dir(out_dir: str | Path, hf_config, state: dict[str, torch.Tensor],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def param_pairs(ours: str, hf: str, names: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ import torch
 
 from xformer import distributed
 from xformer.config import RunConfig, Section, config_text
-from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
+from xformer.train.checkpoint import atomic_write_text, latest_checkpoint, write_dir_whole
 from xformer.train.loop import Trainer
 from xformer.train.run_dir import (RunLock, check_resolved, check_start, pin_data, prepare_dir, remove_unstarted,
                                    save_user_config)
@@ -100,8 +100,8 @@ def _save_run_files(run_dir: Path, cfg: RunConfig, built: Built, resumed: Path |
     """The resolved config, the tokenizer (never replaced once written) and the class names; the model line
     says where the weights come from (a resumed run's from its checkpoint ``resumed``, not its init)."""
     atomic_write_text(run_dir / "config.yaml", config_text(cfg))
-    if built.tokenizer is not None and not (run_dir / "tokenizer").is_dir():
-        built.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    if built.tokenizer is not None and not (run_dir / "tokenizer").is_dir():  # whole or not at all: never replaced
+        write_dir_whole(run_dir / "tokenizer", lambda work: built.tokenizer.save_pretrained(str(work)))
     if built.class_names is not None:
         atomic_write_text(run_dir / "classes.json", json.dumps(built.class_names))
     n_params = sum(p.numel() for p in built.model.parameters())

@@ -14,6 +14,7 @@ An FSDP run writes *sharded* checkpoints in the same layout plus a ``dcp/`` dire
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -289,12 +290,73 @@ def read_train_state(state: Path) -> dict:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` via a temporary file; on failure the old file stays as it was."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` via a temporary file beside it; on failure (disk full, a read-only
+    folder, a file where a folder is expected) the old file stays as it was and XformerError names ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        _write_bytes(tmp, text.encode())
+        if path.is_dir():  # os.replace would put a file in place of a folder's name only on some systems
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+        _write_bytes(tmp, data)
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise XformerError(f"could not write {path}: {err.strerror or err}") from None
+
+
+def write_dir_whole(target: str | Path, fill) -> Path:
+    """Make the folder ``target`` (absent before) in one rename: ``fill(work)`` writes into an empty folder
+    beside it. On failure (disk full, read-only) nothing is left under either name and XformerError names
+    ``target``; a half-written folder is never seen."""
+    target = Path(target)
+    work = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        fill(work)
+        os.rename(work, target)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise XformerError(f"could not write {target}: {err.strerror or err}") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it (both resolved; the same file by inode counts too)."""
+    with contextlib.suppress(OSError):
+        if inner.exists() and outer.exists() and os.path.samefile(inner, outer):
+            return True
+    return inner == outer or outer in inner.parents
+
+
+def check_output(out: str | Path, inputs, overwrite: bool = False, flag: str = "--overwrite",
+                 what: str = "output") -> Path:
+    """Refuse to write ``out`` where it would destroy what the command did not make, before any work.
+
+    Never over one of the command's own ``inputs`` (files or folders; nor a folder holding one, nor inside an
+    input folder), whatever the flags; an existing file or non-empty folder only when the user asked
+    (``overwrite``, the command's ``flag``). Returns ``out`` resolved."""
+    out = Path(out).expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if _within(out, source) or _within(source, out):
+            raise XformerError(f"{what} {out} would write over the command's own input {source}; choose another {what}")
+    for above in [out, *out.parents]:
+        if above.exists():
+            if above != out and not above.is_dir():
+                raise XformerError(f"{what} {out}: {above} is a file, not a folder")
+            break
+    taken = out.is_file() or (out.is_dir() and any(out.iterdir())) or (out.exists() and not out.is_dir())
+    if taken and not overwrite:
+        kind = "a non-empty folder" if out.is_dir() else "a file"
+        raise XformerError(f"{what} {out} already exists ({kind} this command did not write); pass {flag} to "
+                           f"replace it, or choose another {what}")
+    return out
