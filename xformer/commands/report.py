@@ -20,6 +20,7 @@ from xformer.commands.glue_summary import write_comparison
 from xformer.commands.results import read_result
 from xformer.config import load_yaml
 from xformer.errors import XformerError
+from xformer.train.checkpoint import atomic_write_text
 from xformer.train.metrics import read_metrics
 from xformer.train.schedule import DEFAULT_STEPS
 from xformer.tasks import DEFAULT_TASK, get_task
@@ -259,13 +260,25 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     if not runs:
         raise XformerError("no runs to report on")
     out_dir = Path(out_dir)
+    _refuse_foreign(out_dir / "report.md")
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plot(runs, out_dir)
     text = f"# Report: {len(runs)} runs\n\n{_metric_note(runs)}\n"
     text += table(runs)
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in images) or "\n(plots need matplotlib: pip install 'xformer[plots]')\n"
-    (out_dir / "report.md").write_text(text)
+    atomic_write_text(out_dir / "report.md", text)
     return out_dir / "report.md"
+
+
+def _refuse_foreign(report: Path) -> None:
+    """A ``report.md`` this command did not write (its first line starts ``# Report``) is never written over."""
+    if report.exists():
+        head = b""
+        if report.is_file():
+            with report.open("rb") as f:
+                head = f.read(8)
+        if head != b"# Report":
+            raise XformerError(f"{report} exists and is not a report of xformer report; choose another --out")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
