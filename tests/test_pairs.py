@@ -337,8 +337,10 @@ def test_missing_pair_column_and_bad_scores_exit_2(glue_data, tmp_path, capsys):
     base = ["train", str(recipe), "--set", f"out_dir={tmp_path / 'r'}",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", *[a for s in FAST for a in ("--set", s)]]
     assert main([*base, "--set", "data.source=glue/mrpc", "--set", "data.text_pair_column=sentence3"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "no column 'sentence3'" in err, err
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = lines[-1]  # after the [data] line saying which copy of glue/mrpc it read
+    assert all(line.startswith("[data] ") for line in lines[:-1]), lines
+    assert err.startswith("error: ") and "no column 'sentence3'" in err, err
     assert main([*base, "--set", "data.source=glue/stsb", "--set", "data.scores=[acc]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the data log lines
     assert err.startswith("error: ") and "data.scores: 'acc' cannot score a regression target" in err, err

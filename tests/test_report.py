@@ -67,15 +67,21 @@ def test_runs_ranked_by_different_metrics_get_a_column_each(tmp_path):
     clip = make_run(tmp_path / "clip", task="contrastive", records=curve("t2i_R@10"), sweep={"metric": "zs_top1"})
     report = write_report([vit, bert, clip], tmp_path / "out")
     text = report.read_text()
-    table_rows = rows(text)
-    head = next(line for line in text.splitlines() if line.startswith("|"))
-    for metric in ("acc", "mlm_acc", "zs_top1"):
+    # runs of different tasks: a table each (issue 20, class 8), each with its own metric
+    tables = {s.splitlines()[0].split(":")[0]: s for s in text.split("\n## ")[1:]}
+    assert list(tables) == ["image_classification", "bert_pretraining", "contrastive"]
+    for task, name, metric, final in (("image_classification", "vit", "acc", "0.7"),
+                                      ("bert_pretraining", "bert", "mlm_acc", "0.5"),
+                                      ("contrastive", "clip", "zs_top1", "-")):  # clip logs no zs_top1
+        head = next(line for line in tables[task].splitlines() if line.startswith("|"))
         assert f"| val {metric} |" in head and f"| best val {metric} |" in head
-    assert table_rows["vit"]["val acc"] == "0.7" and table_rows["vit"]["val mlm_acc"] == "-"
-    assert table_rows["bert"]["val mlm_acc"] == "0.5" and table_rows["bert"]["val acc"] == "-"
-    assert table_rows["clip"]["val zs_top1"] == "-" and table_rows["clip"]["val acc"] == "-"  # it logs no zs_top1
-    assert "`acc` (vit)" in text and "`mlm_acc` (bert)" in text and "`zs_top1` (clip)" in text
-    assert drawn(tmp_path / "out" / "curves.png") and drawn(tmp_path / "out" / "final.png")
+        assert head.count("| val ") == 2  # loss and its own metric only
+        assert rows(tables[task])[name][f"val {metric}"] == final
+        assert f"`{metric}`" in tables[task]
+        assert drawn(tmp_path / "out" / f"curves_{task}.png") and (tmp_path / "out" / f"final_{task}.png").is_file()
+    # runs of one task: one table, the plots as before
+    write_report([vit, make_run(tmp_path / "vit2", records=curve("acc"))], tmp_path / "one")
+    assert drawn(tmp_path / "one" / "curves.png") and drawn(tmp_path / "one" / "final.png")
 
 
 def test_failed_stopped_and_empty_runs_are_listed_with_their_status(tmp_path, capsys):

@@ -73,6 +73,9 @@ class EncoderConfig(Section):
     def _options_fit(self):
         if not self.first_block_norm and not self.norm_first:
             raise ValueError("model.first_block_norm=false applies to pre-LN blocks: set model.norm_first=true")
+        if self.mlp_dim < 1:  # a zero-width MLP: every block's MLP would output nothing
+            raise ValueError(f"model.mlp_ratio={self.mlp_ratio:g} with model.dim={self.dim} makes MLPs of "
+                             f"{self.mlp_dim} units (round({self.dim} x {self.mlp_ratio:g})); raise model.mlp_ratio")
         return self
 
     def is_global(self, index: int) -> bool:
@@ -190,12 +193,14 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------- validation
 
 
-def _section_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], tuple]:
-    """The config class of the section at ``loc`` (a pydantic error location) and the keys of ``loc``
+def _section_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], tuple, bool]:
+    """The config class of the section at ``loc`` (a pydantic error location), the keys of ``loc``
     without the tags pydantic adds for union members (``model.cnn.channels`` -> ``model.channels``,
-    ``train.eval_every.int`` -> ``train.eval_every``)."""
+    ``train.eval_every.int`` -> ``train.eval_every``), and whether ``loc`` ends at a section (so the
+    error is a check across its keys) rather than at one key."""
     keys = []
     parts = list(loc)
+    members: list = [model]
     while parts:
         part = parts.pop(0)
         keys.append(part)
@@ -207,7 +212,11 @@ def _section_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], tu
         if len(members) != 1:
             break
         model = members[0]
-    return model, tuple(keys)
+    # items inside a key (a tuple's or list's index) are kept as [i]; union tags of a leaf are dropped
+    items = "".join(f"[{p}]" for p in parts if isinstance(p, int))
+    if items and keys:
+        keys[-1] = f"{keys[-1]}{items}"
+    return model, tuple(keys), bool(members) and not parts
 
 
 def _union_members(ann) -> list:
@@ -221,13 +230,33 @@ def _union_members(ann) -> list:
     return [ann]
 
 
+# what pydantic puts before the message of a validator's own exception
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+_SHOWN_CHARS = 80  # a value longer than this is cut in messages: one line, not a dump
+
+
+def _message(e: dict) -> str:
+    """pydantic's message for one error, without the prefix it adds to a validator's own words."""
+    msg = str(e["msg"]).replace("\n", " ")
+    for prefix in _PYDANTIC_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], origin: str, section: str = "") -> str:
     """The first problem in ``err`` as one line naming the key, the value and what was expected;
-    ``section`` is the dotted place of ``model`` in the whole config (e.g. ``"model"``)."""
+    ``section`` is the dotted place of ``model`` in the whole config (e.g. ``"model"``). A check across
+    several keys (a section's validator) is its own sentence, which names them, without the section's values."""
     e = err.errors()[0]
     where = (section,) if section else ()
     if e["type"] == "extra_forbidden":
-        section_cls, loc = _section_at(model, tuple(e["loc"])[:-1])
+        section_cls, loc, _ = _section_at(model, tuple(e["loc"])[:-1])
         valid = list(section_cls.model_fields)
         name = str(e["loc"][-1])
         prefix = ".".join(str(p) for p in where + loc)
@@ -235,11 +264,15 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], origin
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{prefix}.{c}' if prefix else c for c in close)}?" if close else ""
         return f"{origin}: unknown key {key!r}{hint} (valid keys: {', '.join(valid)})"
-    _, loc = _section_at(model, tuple(e["loc"]))
+    _, loc, at_section = _section_at(model, tuple(e["loc"]))
     key = ".".join(str(p) for p in where + loc)
-    if not loc:  # a check across keys (a model validator): its message names them
-        return f"{origin}: {e['msg'].removeprefix('Value error, ')}"
-    return f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"
+    if at_section and e["type"] in ("value_error", "assertion_error"):  # a section's own check: it names its keys
+        return f"{origin}: {_message(e)}"
+    if e["type"] == "missing":
+        return f"{origin}: {key or 'the config'}: required, not set"
+    if at_section and isinstance(e.get("input"), dict):  # a wrong section as a whole: not its values
+        return f"{origin}: {key or 'the config'}: {_message(e)}"
+    return f"{origin}: {key}: {_message(e)} (got {_shown(e.get('input'))})"
 
 
 def validate(model: type[BaseModel], data: Any, origin: str, section: str = "") -> Any:

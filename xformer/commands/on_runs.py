@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xformer.errors import XformerError
 from xformer.train.checkpoint import atomic_write_text
-from xformer.trained.evaluate import metric_lines, save_eval
+from xformer.trained.evaluate import absent_warning, metric_lines, save_eval
 from xformer.trained.zeroshot import CIFAR10_TEMPLATES
 from xformer.tasks import contrastive, get_task, read_run_config
 from xformer.tasks.base import TaskSpec
@@ -40,6 +40,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path = save_eval(args.run_dir, args.data, args.split, metrics)
     print("\n".join(metric_lines(metrics)))
     print(f"wrote {path}")
+    if (absent := absent_warning(metrics, args.data)) is not None:
+        print(absent, file=sys.stderr)
 
 
 def scores_path(run_dir: str, kind: str, source, max_images: int | None, count: int) -> Path:

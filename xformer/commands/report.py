@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from xformer.commands.glue_summary import write_comparison
@@ -105,6 +106,25 @@ def _best(records: list[dict], metric: str) -> float | None:
     return max((v for r in records if (v := _number(r.get(metric))) is not None), default=None)
 
 
+def unique_records(records: list[dict]) -> tuple[list[dict], str | None]:
+    """``records`` with one record per (split, step), the last one written kept, in step order; and what
+    was repeated (None when nothing was): a repeat is a run that logged a step twice (a resume that kept
+    the old records, two runs writing one directory), and drawing both would show two curves as one."""
+    last: dict[tuple, dict] = {}
+    repeats: list[tuple] = []
+    for record in records:
+        key = (str(record["split"]), record["step"])
+        if key in last:
+            repeats.append(key)
+        last[key] = record
+    if not repeats:
+        return records, None
+    kept = sorted(last.values(), key=lambda r: r["step"])  # stable: train before val at a step, as written
+    split, step = repeats[0]
+    return kept, (f"{len(repeats)} records repeat a step already logged (first: {split} step {step}); "
+                  f"the last of each is reported")
+
+
 def read_run(run_dir: str | Path) -> dict:
     """A run's config (flattened), metric records by split, final and best validation metrics, status,
     size and time. A run that failed, stopped early or logged nothing is read as such; XformerError only
@@ -118,12 +138,17 @@ def read_run(run_dir: str | Path) -> dict:
         records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     except XformerError as err:
         config, records, problem = {}, [], f"unreadable: {err}"
+    records, repeated = unique_records(records)
+    warnings = [] if repeated is None else [f"{run_dir / 'metrics.jsonl'}: {repeated}"]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
     metric = _metric(config)
     wall = _number(result.get("wall_s"))
     return {
         "dir": run_dir, "name": run_dir.name, "config": _flatten(config), "metric": metric,
+        "task": config.get("task") if isinstance(config.get("task"), str) else None, "warnings": warnings,
         "status": problem or _status(config, result, records),
         "train": train, "val": val, "final": val[-1] if val else {},
         "best": _best(val, metric) if metric else None,
@@ -176,10 +201,10 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], out_dir: Path) -> list[Path]:
-    """``curves.png`` (loss and each ranking metric against step, train solid, validation dashed) and
-    ``final.png`` (the final validation value per run, one chart per metric); [] when matplotlib is not
-    installed. Missing and non-finite values are left out of the curves and shown as ``-`` bars."""
+def plot(runs: list[dict], out_dir: Path, suffix: str = "") -> list[Path]:
+    """``curves<suffix>.png`` (loss and each ranking metric against step, train solid, validation dashed) and
+    ``final<suffix>.png`` (the final validation value per run, one chart per metric); [] when matplotlib is
+    not installed. Missing and non-finite values are left out of the curves and shown as ``-`` bars."""
     try:
         import matplotlib
 
@@ -205,7 +230,7 @@ def plot(runs: list[dict], out_dir: Path) -> list[Path]:
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    curves = out_dir / "curves.png"
+    curves = out_dir / f"curves{suffix}.png"
     fig.savefig(curves, dpi=110)
     plt.close(fig)
     if not ranked:
@@ -219,7 +244,7 @@ def plot(runs: list[dict], out_dir: Path) -> list[Path]:
         ax.set_xticks(range(len(runs)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"final val {metric}")
     fig.tight_layout()
-    final = out_dir / "final.png"
+    final = out_dir / f"final{suffix}.png"
     fig.savefig(final, dpi=110)
     plt.close(fig)
     return [curves, final]
@@ -247,9 +272,31 @@ def _metric_note(runs: list[dict]) -> str:
     return f"Validation metrics differ between the runs, one column each: {uses} (final = last evaluation).\n"
 
 
+def task_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """``runs`` by task, in order of first appearance: runs of different tasks share no config keys or
+    metrics worth a column, so each task gets its own table. A run whose task is not known (a sweep run that
+    failed before writing its config) joins the one task of the others, else a group of its own."""
+    known = list(dict.fromkeys(r["task"] for r in runs if r["task"]))
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        task = r["task"] or (known[0] if len(known) == 1 else "task not known")
+        groups.setdefault(task, []).append(r)
+    return groups
+
+
+def _section(runs: list[dict], out_dir: Path, suffix: str) -> str:
+    """The metric note, the table and the plots of one group of runs, as Markdown."""
+    images = plot(runs, out_dir, suffix)
+    text = f"{_metric_note(runs)}\n{table(runs)}"
+    return text + ("".join(f"\n![{p.stem}]({p.name})\n" for p in images)
+                   or "\n(plots need matplotlib: pip install 'xformer[plots]')\n")
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Write ``OUT/report.md`` (and the plots beside it) for ``run_dirs``; returns the report's path.
-    Folders holding ``glue.json`` (``xformer glue``) get the side-by-side GLUE table of their models."""
+    """Write ``OUT/report.md`` (and the plots beside it) for ``run_dirs``; returns the report's path. Runs
+    of different tasks get a table (and plots, ``curves_<task>.png``) each; problems found in the runs'
+    files are listed under the tables. Folders holding ``glue.json`` (``xformer glue``) get the side-by-side
+    GLUE table of their models."""
     glue = [Path(d) for d in run_dirs if (Path(d) / "glue.json").is_file()]
     if glue and len(glue) < len(run_dirs):
         other = next(d for d in run_dirs if Path(d) not in glue)
@@ -262,10 +309,17 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     _refuse_foreign(out_dir / "report.md")
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = plot(runs, out_dir)
-    text = f"# Report: {len(runs)} runs\n\n{_metric_note(runs)}\n"
-    text += table(runs)
-    text += "".join(f"\n![{p.stem}]({p.name})\n" for p in images) or "\n(plots need matplotlib: pip install 'xformer[plots]')\n"
+    groups = task_groups(runs)
+    if len(groups) == 1:
+        text = f"# Report: {len(runs)} runs\n\n{_section(runs, out_dir, '')}"
+    else:
+        text = f"# Report: {len(runs)} runs of {len(groups)} tasks, a table each\n"
+        for task, group in groups.items():
+            suffix = "_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in task)
+            text += f"\n## {task}: {len(group)} run{'s' if len(group) > 1 else ''}\n\n{_section(group, out_dir, suffix)}"
+    warnings = [w for r in runs for w in r["warnings"]]
+    if warnings:
+        text += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)
     atomic_write_text(out_dir / "report.md", text)
     return out_dir / "report.md"
 

@@ -25,6 +25,7 @@ declares ``text_columns`` also fills the data keys of the text-classification ta
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,9 +173,53 @@ def split_files(folder: Path, split: str, dataset: Dataset | None = None) -> lis
     return []
 
 
-def local_files(dataset: Dataset, split: str) -> list[Path]:
-    """The Parquet files of ``split`` in the first folder that holds it; empty if none does."""
-    return next((files for d in search_dirs(dataset, split) if (files := split_files(d, split, dataset))), [])
+def _check_layout(folder: Path, dataset: Dataset, key: str) -> None:
+    """Refuse a folder of ``dataset`` under ``$XFORMER_DATA`` that exists but is not what fetch.py writes
+    (Parquet splits at its top): falling through to another copy would read other data than the user put
+    there, without a word."""
+    if not folder.exists() or (folder.is_dir() and any(p.is_file() for p in folder.glob("*.parquet"))):
+        return
+    if folder.is_dir():
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        what = f"holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}" if held else "is empty"
+    else:
+        what = "is a file, not a folder"
+    raise XformerError(
+        f"{key} {dataset.name!r}: {folder} (under $XFORMER_DATA) {what}, not the Parquet splits of "
+        f"{dataset.name} (<split>.parquet or <split>-*.parquet at its top); run python data_prep/fetch.py "
+        f"{dataset.name} --out $XFORMER_DATA again, or move that folder away")
+
+
+_TOLD: set[tuple[str, str, Path]] = set()  # (name, split, folder) already reported in this process
+
+
+def _tell_choice(dataset: Dataset, split: str, used: Path, dirs: list[Path]) -> None:
+    """One stderr line, once per process, when ``dataset`` is held in more than one folder: which one
+    ``split`` is read from, and the others (the first folder in the search order wins)."""
+    others = [d for d in dirs if d != used and d.is_dir() and any(d.glob("*.parquet"))]
+    if not others or (dataset.name, split, used) in _TOLD:
+        return
+    _TOLD.add((dataset.name, split, used))
+    print(f"[data] {dataset.name}:{split}: reading {used} (also found in {', '.join(map(str, others))}; "
+          f"the first in the search order wins: $XFORMER_DATA, then ../shared/data)", file=sys.stderr, flush=True)
+
+
+def local_files(dataset: Dataset, split: str, key: str = "data source") -> list[Path]:
+    """The Parquet files of ``split`` in the first folder that holds it; empty if none does. A folder of the
+    set under ``$XFORMER_DATA`` without the expected layout is a one-line error naming ``key``; when the set
+    is in several folders, one stderr line says which was read."""
+    dirs = search_dirs(dataset, split)
+    env = os.environ.get("XFORMER_DATA")
+    root = Path(env).expanduser().resolve() if env else None
+    for folder in dirs:
+        if root is not None and folder.is_relative_to(root):
+            _check_layout(folder, dataset, key)
+    for folder in dirs:
+        files = split_files(folder, split, dataset)
+        if files:
+            _tell_choice(dataset, split, folder, dirs)
+            return files
+    return []
 
 
 # ----------------------------------------------------------------------------- the HF hub

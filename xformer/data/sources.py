@@ -93,7 +93,7 @@ def _named(entry: str, key: str, split: str) -> Source | None:
     if named is None:
         return None
     dataset, split = named[0], named[1] or split
-    files = catalog.local_files(dataset, split)
+    files = catalog.local_files(dataset, split, key)
     if files:
         return Source(key, "files", files)
     catalog.check_hub(dataset, split, key, entry)
@@ -136,6 +136,33 @@ def resolve(
     for entry in entries:
         files.update(dict.fromkeys(_entry_files(str(entry), key, suffixes)))
     return Source(key, "files", list(files))
+
+
+def is_named(source: str | list[str], key: str = "data.source") -> bool:
+    """Whether ``source`` (the value of ``key``) is a dataset name (a catalogue or HF hub name, which has
+    splits) rather than local files, folders or globs (which have none)."""
+    entries = [source] if isinstance(source, str) else list(source)
+    if len(entries) != 1:
+        return False
+    entry = str(entries[0])
+    if Path(entry).expanduser().exists() or any(c in entry for c in GLOB_CHARS):
+        return False
+    return catalog.parse(entry, key) is not None or _is_hub_name(entry)
+
+
+def at_split(source: str | list[str], split: str, key: str, source_key: str = "data.source") -> str:
+    """``source`` (the value of ``source_key``, a dataset name) to resolve at ``split``, the value of ``key``
+    (``data.val_split``): without a split of its own (``sst2:train`` -> ``sst2``), which would win over
+    ``split`` and read the training split again. Local data has no splits, and reading it again as ``split``
+    would score on the training data: a one-line error naming both keys."""
+    if not is_named(source, source_key):
+        other = key.removesuffix("_split") + "_source"
+        raise XformerError(f"{key}={split!r} needs an HF dataset name or a catalogue name in {source_key} ("
+                           f"{source_key} {source!r} is local data, which has no splits): set {other} to the "
+                           f"held-out data instead")
+    entry = source if isinstance(source, str) else str(source[0])
+    named = catalog.parse(entry, source_key)
+    return named[0].name if named is not None else entry
 
 
 def file_stats(files: Iterable[Path]) -> list[list]:

@@ -198,7 +198,8 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     num_classes = 1 if regression else len(classes)
     task = TextClassificationTask(None, dataset, num_classes, cfg.data.scores, cfg.train)
     metrics = task.evaluate(run.model)
-    return {**metrics, "examples": len(dataset), "tokens": int(dataset.lengths.sum())}
+    absent = {} if regression else {"absent_classes": [c for c in classes if c not in set(labels)]}  # not 0%
+    return {**metrics, "examples": len(dataset), "tokens": int(dataset.lengths.sum()), **absent}
 
 
 def export(run_dir: Path, out_dir: Path) -> str:

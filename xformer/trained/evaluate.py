@@ -149,15 +149,32 @@ def classification_report(model, dataset, augmenter, class_names: list[str], bat
         pairs = labels * K + logits.argmax(-1)  # (B,) flat (true, predicted) index
         confusion += torch.bincount(pairs.cpu(), minlength=K * K).view(K, K)
     n = int(confusion.sum())
-    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     return {
         "images": n,
         "loss": loss_sum / max(n, 1),
         "acc": float(confusion.diag().sum()) / max(n, 1),
-        "per_class_acc": dict(zip(class_names, per_class)),
+        **per_class_accuracy(confusion, class_names),
         "class_names": class_names,
         "confusion": confusion.tolist(),  # rows: true class, columns: predicted class
     }
+
+
+def per_class_accuracy(confusion: torch.Tensor, class_names: list[str]) -> dict:
+    """``per_class_acc`` (class name -> accuracy; None for a class the data holds no example of: it was not
+    measured, and 0.0 would read as every example missed) and ``absent_classes`` (those classes' names)."""
+    seen = confusion.sum(1)  # (K,) examples of each true class
+    absent = [name for name, count in zip(class_names, seen.tolist()) if count == 0]
+    rates = (confusion.diag() / seen.clamp(min=1)).tolist()
+    per_class = {name: None if count == 0 else rate for name, rate, count in zip(class_names, rates, seen.tolist())}
+    return {"per_class_acc": per_class, "absent_classes": absent}
+
+
+def absent_note(absent: list[str], total: int) -> str:
+    """``"; 2 of 10 classes absent from the data (cat, dog)"``, or "" when every class is present."""
+    if not absent:
+        return ""
+    shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+    return f"; {len(absent)} of {total} classes absent from the data ({shown}), not scored"
 
 
 def plot_confusion(report: dict, path: Path, title: str) -> bool:
@@ -198,9 +215,12 @@ def write_report(report: dict, out_dir: str | Path, name: str) -> None:
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / f"eval_{name}.json", json.dumps(finite_or_none(report), indent=1, allow_nan=False))
     png = plot_confusion(report, out_dir / f"confusion_{name}.png", name)
-    worst = min(report["per_class_acc"].items(), key=lambda kv: kv[1])
+    measured = [(c, a) for c, a in report["per_class_acc"].items() if a is not None]  # absent classes: no score
+    worst = min(measured, key=lambda kv: kv[1])
+    absent = report.get("absent_classes", [])
     print(f"{name} (all {report['images']:,} images): loss {report['loss']:.4f}, accuracy {report['acc']:.2%} "
-          f"(lowest: {worst[0]} {worst[1]:.2%}) -> {out_dir / f'eval_{name}.json'}"
+          f"(lowest: {worst[0]} {worst[1]:.2%}{absent_note(absent, len(report['per_class_acc']))}) -> "
+          f"{out_dir / f'eval_{name}.json'}"
           + ("" if png else " (pip install matplotlib for the confusion-matrix PNG)"))
 
 
@@ -225,3 +245,14 @@ def metric_lines(metrics: dict) -> list[str]:
     left to the JSON."""
     return [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def absent_warning(metrics: dict, source) -> str | None:
+    """The warning line for the classes ``source`` holds no example of (``metrics["absent_classes"]``), or
+    None: their accuracy is not measured, which a reader of the numbers alone would take for 0%."""
+    absent = metrics.get("absent_classes") or []
+    if not absent:
+        return None
+    shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+    return (f"warning: --data {source}: no examples of {len(absent)} of the run's classes ({shown}): "
+            f"absent, not scored (null in the JSON's per-class figures)")

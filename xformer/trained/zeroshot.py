@@ -9,6 +9,7 @@ is found when any of its captions is in the top K) and text->image recall@1/5/10
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -86,12 +87,30 @@ def _is_number(name) -> bool:
 
 
 def check_templates(templates: Sequence[str], where: str) -> None:
-    """XformerError unless ``templates`` is a non-empty list of strings that each contain ``{c}``."""
+    """XformerError unless ``templates`` is a non-empty list of strings that each contain ``{c}``; a warning
+    (once per template and process) for a template with other braces (``{}``, ``{label}``, ``{C}``, the outer braces of ``{{c}}``):
+    only ``{c}`` is replaced, so they would reach the text encoder as written."""
     if isinstance(templates, str) or not templates:
         raise XformerError(f"{where}: zero-shot needs a list of prompt templates containing '{{c}}', got {templates!r}")
-    bad = [t for t in templates if not isinstance(t, str) or "{c}" not in t]
-    if bad:
-        raise XformerError(f"{where}: prompt template {bad[0]!r} has no '{{c}}' (where the class name goes)")
+    for template in templates:
+        others = _other_placeholders(template) if isinstance(template, str) else []
+        if not isinstance(template, str) or "{c}" not in template:
+            hint = f"; {others[0]} is not replaced: write {{c}}" if others else ""
+            raise XformerError(f"{where}: prompt template {template!r} has no '{{c}}' (where the class name goes){hint}")
+        if others and template not in _WARNED:
+            _WARNED.add(template)
+            print(f"warning: {where}: prompt template {template!r} has {', '.join(others)} besides {{c}}: only {{c}} "
+                  f"is replaced by the class name, the rest reaches the text encoder as written", file=sys.stderr)
+
+
+_WARNED: set[str] = set()  # templates already warned about in this process (every evaluation checks them)
+_BRACES = re.compile(r"\{[^{}]*\}|[{}]")  # a placeholder, or a lone brace
+
+
+def _other_placeholders(template: str) -> list[str]:
+    """The braces of ``template`` other than its ``{c}`` placeholders, as written (``{}``, ``{label}``, ``{``)."""
+    parts = template.split("{c}")  # what is left once every {c} is replaced
+    return list(dict.fromkeys(m.group() for part in parts for m in _BRACES.finditer(part)))
 
 
 def prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:

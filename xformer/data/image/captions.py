@@ -19,7 +19,7 @@ import torch
 from xformer.data.configs import CaptionDataConfig, ImageDataConfig
 from xformer.data.cache import default_cache_dir, log
 from xformer.data.image.images import load_source, resolve_image_source, split_off
-from xformer.data.sources import Source, open_readers
+from xformer.data.sources import Source, at_split, open_readers
 from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
@@ -127,9 +127,12 @@ def load_caption_data(cfg: CaptionDataConfig, tokenizer=None, cache_dir: Path | 
     images, captions = load_pairs(cfg.source, cfg.split, "data.source", cfg, root)
     val = None
     if cfg.val_source is not None or cfg.val_split is not None:
-        val = load_pairs(cfg.val_source or cfg.source, cfg.val_split or "validation", "data.val_source", cfg, root)
+        split = cfg.val_split or "validation"
+        key = "data.val_source" if cfg.val_source is not None else "data.val_split"
+        val_source = cfg.val_source if cfg.val_source is not None else at_split(cfg.source, split, key)
+        val = load_pairs(val_source, split, key, cfg, root)
         if val[0].shape[1:] != images.shape[1:]:
-            raise XformerError(f"data.val_source: images are {tuple(val[0].shape[1:])} but training images are "
+            raise XformerError(f"{key}: images are {tuple(val[0].shape[1:])} but training images are "
                                f"{tuple(images.shape[1:])}; set data.image_size")
     elif cfg.val_size:
         train_rows, val_rows = split_off(len(images), cfg.val_size, cfg.seed, "data.source")

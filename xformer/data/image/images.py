@@ -9,7 +9,8 @@ A source (``data.source``, ``data.val_source``, ``data.test_source``) is one of:
 
 Every image is decoded with PIL, converted to RGB and (with ``data.image_size``) resized, once;
 the result is cached under ``<cache_dir>/images/<key>``, named by the source files' paths, sizes
-and mtimes and the settings that change the pixels, so a later run only maps the arrays::
+and mtimes and the settings that change the pixels, so a later run only maps the arrays (after checking
+them against the sizes recorded when they were written: a damaged entry is decoded again)::
 
     images.npy  (N, 3, H, W)  uint8
     labels.npy  (N,)          int64 | str   raw label values, mapped to class indices at load time
@@ -31,11 +32,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from xformer.data.configs import ImageDataConfig
-from xformer.data.cache import default_cache_dir, log, publish_dir
+from xformer.data.cache import DamagedCacheError, default_cache_dir, discard_entry, log, open_entry, publish_dir
 from xformer.data.image.sources import RowReader, decode_image, open_rows
 from xformer.data.labels import class_label, require_two_classes
 from xformer.data.readers import IMAGE_TABLE_SUFFIXES
-from xformer.data.sources import Source, resolve
+from xformer.data.sources import Source, at_split, resolve
 from xformer.errors import XformerError
 
 FORMAT_VERSION = 1
@@ -137,28 +138,56 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: 
 def load_source(
     src: Source, cfg: ImageDataConfig, root: Path, captions: bool = False
 ) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
-    """(images (N, 3, H, W) uint8, raw labels (N,) or captions, class names or None) of a source, via the cache."""
+    """(images (N, 3, H, W) uint8, raw labels (N,) or captions, class names or None) of a source, via the cache;
+    a damaged cache entry is decoded again."""
     reader = open_rows(src, cfg, cfg.max_images)
     if reader.count == 0:
         raise XformerError(f"{src.key} {src.described!r}: no images")
     settings = [FORMAT_VERSION, reader.identity, cfg.image_size, cfg.max_images]
     kind = "parquet" if src.kind == "files" else src.kind  # the cache's name for it
     path = root / "images" / f"{kind}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]}"
-    if path.is_dir():
-        log(f"using cached images {path}")
-    else:
-        t0 = time.perf_counter()
-        log(f"decoding {reader.count} images from {src.described} ...")
+    for attempt in range(2):
+        if open_entry(path):
+            log(f"using cached images {path}")
+        else:
+            _decode_entry(path, reader, src, cfg.image_size, captions)
         try:
-            with publish_dir(path) as work:
-                _decode_to(work, reader, cfg.image_size, captions)
-        except KeyboardInterrupt:
-            log("interrupted: the images decoded so far are dropped (nothing is cached); the next run decodes again")
-            raise
-        log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
-    meta = json.loads((path / "meta.json").read_text())
-    images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))  # copy-on-write map: no read yet
-    return images, np.load(path / "labels.npy"), meta["class_names"]
+            return _read_entry(path)
+        except DamagedCacheError as err:
+            if attempt:  # damaged again just after being decoded: not the cache's fault
+                raise
+            log(f"warning: cache entry {path} is damaged ({err.reason}): decoding it again")
+            discard_entry(path, err.reason)
+            reader = open_rows(src, cfg, cfg.max_images)  # the rows may have been read: fresh ones
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _decode_entry(path: Path, reader: RowReader, src: Source, image_size: int | None, captions: bool) -> None:
+    """Decode ``reader``'s rows into the cache entry ``path``, published whole (nothing on Ctrl-C)."""
+    t0 = time.perf_counter()
+    log(f"decoding {reader.count} images from {src.described} ...")
+    try:
+        with publish_dir(path) as work:
+            _decode_to(work, reader, image_size, captions)
+    except KeyboardInterrupt:
+        log("interrupted: the images decoded so far are dropped (nothing is cached); the next run decodes again")
+        raise
+    log(f"decoded {reader.count} images in {time.perf_counter() - t0:.1f}s into {path}")
+
+
+def _read_entry(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
+    """The images (mapped, not read), labels and class names of cache entry ``path``; unreadable files are
+    a :class:`~xformer.data.cache.DamagedCacheError`."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        images = np.load(path / "images.npy", mmap_mode="c")  # copy-on-write map: no read yet
+        labels = np.load(path / "labels.npy")
+        names = meta["class_names"]
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as err:
+        raise DamagedCacheError(path, f"a file is unreadable ({type(err).__name__}: {err})") from None
+    if images.ndim != 4 or len(images) != len(labels):
+        raise DamagedCacheError(path, f"images.npy holds {images.shape[:1]} images for {len(labels)} labels")
+    return torch.from_numpy(images), labels, names
 
 
 # ----------------------------------------------------------------------------- labels and splits
@@ -221,12 +250,8 @@ def load_image_data(cfg: ImageDataConfig, cache_dir: Path | None = None, *, for_
             return resolve_image_source(source, f"data.{what}_source", split or default_split)
         if split is None:
             return None
-        if train_src.kind != "hub":
-            raise XformerError(
-                f"data.{what}_split={split!r} needs an HF dataset name in data.source; "
-                f"for local files set data.{what}_source"
-            )
-        return Source(f"data.{what}_split", "hub", name=train_src.name, split=split)
+        key = f"data.{what}_split"  # the key the user wrote: the split, of data.source's dataset
+        return resolve_image_source(at_split(cfg.source, split, key), key, split)
 
     val_src = other(cfg.val_source, cfg.val_split, "validation", "val")
     test_src = other(cfg.test_source, cfg.test_split, "test", "test")

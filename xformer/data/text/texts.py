@@ -26,7 +26,7 @@ from xformer.data.configs import TextClassificationDataConfig
 from xformer.data.cache import default_cache_dir, log
 from xformer.data.labels import class_labels, require_two_classes
 from xformer.data.readers import TABLE_SUFFIXES, Reader
-from xformer.data.sources import open_readers, resolve
+from xformer.data.sources import at_split, open_readers, resolve
 from xformer.data.text.tokenizer import build_tokenizer
 from xformer.errors import XformerError
 
@@ -235,10 +235,12 @@ def load_text_data(cfg: TextClassificationDataConfig, tokenizer=None) -> TextDat
     train = read_labelled_texts(cfg.source, cfg.split, cfg, "data.source")
     regression = is_regression(train.labels)
     val = None
+    val_key = "data.val_split" if cfg.val_source is None and cfg.val_split is not None else "data.val_source"
     if cfg.val_source is not None or cfg.val_split is not None:
         as_train = cfg.model_copy(update={"label_type": "regression" if regression else "class"})
-        val = read_labelled_texts(cfg.val_source or cfg.source, cfg.val_split or "validation", as_train,
-                                  "data.val_source")
+        split = cfg.val_split or "validation"
+        val_source = cfg.val_source if cfg.val_source is not None else at_split(cfg.source, split, val_key)
+        val = read_labelled_texts(val_source, split, as_train, val_key)
     elif cfg.val_size:
         train, val = _split_off(train, cfg.val_size, cfg.seed)
     classes = None
@@ -253,7 +255,7 @@ def load_text_data(cfg: TextClassificationDataConfig, tokenizer=None) -> TextDat
     train_set = tokenize_examples(train.texts, train.labels, classes, tokenizer, cfg.max_seq_len, "data.source",
                                   train.pairs)
     val_set = None if val is None else tokenize_examples(val.texts, val.labels, classes, tokenizer,
-                                                         cfg.max_seq_len, "data.val_source", val.pairs)
+                                                         cfg.max_seq_len, val_key, val.pairs)
     target = "regression" if regression else f"{len(classes)} classes"
     log(f"texts: train {len(train_set)}" + (f", val {len(val_set)}" if val_set else "") + f"; {target}"
         + ("; sentence pairs" if train.pairs is not None else ""))
