@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from xformer.config import RunConfig
@@ -74,6 +75,31 @@ def load_data(cfg: BertPretrainingConfig, tokenizer: str | None):
     return prepare_pretraining_data(data_cfg)
 
 
+MASKING_SAMPLE = 256  # training rows the masking check measures
+
+
+def check_masking(train, masker, mlm_prob: float, batch_size: int) -> None:
+    """Refuse masking that leaves the masked-LM loss (almost) without targets, and warn when most rows get
+    none: the expected masked tokens, ``mlm_prob`` of the maskable (non-special, non-padding) tokens of the
+    first :data:`MASKING_SAMPLE` training rows, counted without drawing (the run's randomness is untouched)."""
+    import sys
+
+    n = min(len(train), MASKING_SAMPLE)
+    if n == 0:
+        return
+    batch = train.batch(np.arange(n))
+    maskable = int((batch["attention_mask"].bool() & ~masker.is_special[batch["input_ids"].long()]).sum())
+    per_row = mlm_prob * maskable / n
+    fact = (f"data.mlm_prob={mlm_prob:g} of the {maskable / n:.1f} maskable tokens a row (measured on the first "
+            f"{n} training rows) masks {per_row:.2f} tokens a row")
+    advice = "raise data.mlm_prob or data.max_seq_len, or use longer documents"
+    if per_row * batch_size < 1:
+        raise XformerError(f"{fact}, {per_row * batch_size:.2f} a batch of train.batch_size={batch_size}: most "
+                           f"steps would have no masked-LM targets; {advice}")
+    if per_row < 1:
+        print(f"warning: {fact}: most rows give the masked-LM loss no targets; {advice}", file=sys.stderr)
+
+
 def build(cfg: BertPretrainingConfig, data) -> Built:
     from xformer.data import MLMMasker
     from xformer.trained.init import init_from
@@ -88,6 +114,7 @@ def build(cfg: BertPretrainingConfig, data) -> Built:
     model, mcfg = init_from(mcfg)
     masker = MLMMasker(data.tokenizer, mlm_prob=cfg.data.mlm_prob, mask_token_prob=cfg.data.mask_token_prob,
                        random_token_prob=cfg.data.random_token_prob, whole_word_mask=cfg.data.whole_word_mask)
+    check_masking(data.train, masker, cfg.data.mlm_prob, cfg.train.batch_size)
     sep_id = data.tokenizer.sep_token_id if cfg.data.document_mask else None
     return Built(model, mcfg, BertPretrainingTask(data.train, data.val, masker, sep_id), tokenizer=data.tokenizer,
                  summary=f"BERT, init {mcfg.init or 'random'}; data: {len(data.train)} train / {len(data.val)} val "

@@ -62,7 +62,7 @@ from xformer.train.parallel import (
     parallelize,
     unshard_model,
 )
-from xformer.train.schedule import Clock, Schedule, budget_steps, describe_budget, warmup_warning
+from xformer.train.schedule import Clock, Schedule, budget_steps, describe_budget, ramp_warning, warmup_warning
 from xformer.train.signals import StopRequests, Stopped, signal_name
 
 
@@ -197,13 +197,14 @@ class Trainer:
                 "stopped_by": stopped_by}
 
     def _announce(self) -> None:
-        """The run's first line: its budget (and a warning when warmup outlasts it)."""
+        """The run's first line: its budget (and a warning when warmup outlasts it, or the batch ramp cannot
+        happen)."""
         if not self.dist.is_main:
             return
         print(describe_budget(self.tcfg, self.total_steps, self.steps_per_epoch))
-        warning = warmup_warning(self.tcfg, self.total_steps)
-        if warning:
-            print(warning, file=sys.stderr)
+        for warning in (warmup_warning(self.tcfg, self.total_steps), ramp_warning(self.tcfg, self.total_steps)):
+            if warning:
+                print(warning, file=sys.stderr)
 
     def val_label(self) -> str:
         """What the validation figures of :meth:`evaluate` cover: ``val (first N batches)`` or ``val (all N

@@ -115,6 +115,22 @@ def warmup_warning(cfg: TrainConfig, total_steps: int | None) -> str | None:
             f"train.warmup_steps or use train.warmup_ratio")
 
 
+def ramp_warning(cfg: TrainConfig, total_steps: int | None) -> str | None:
+    """A warning when the batch-size ramp cannot happen: nothing to ramp (``grad_accum`` 1), or a step budget
+    whose ramp lasts at most one step (the batch is full from the next), with the numbers."""
+    if not cfg.batch_ramp:
+        return None
+    if cfg.grad_accum == 1:
+        return (f"warning: train.batch_ramp={cfg.batch_ramp:g} has nothing to ramp: the micro-batches per step grow "
+                f"from 1 to train.grad_accum, which is 1; raise train.grad_accum or set train.batch_ramp=0")
+    ramp_steps = 0 if total_steps is None else math.ceil(cfg.batch_ramp * total_steps)
+    if total_steps is None or ramp_steps > 1:
+        return None
+    return (f"warning: train.batch_ramp={cfg.batch_ramp:g} of the run's {total_steps:,} steps lasts {ramp_steps} "
+            f"step: the batch jumps from 1 to train.grad_accum={cfg.grad_accum} micro-batches at once; raise "
+            f"train.batch_ramp or set it to 0")
+
+
 class Schedule:
     """Sets the LR of each parameter group of ``optimizer`` and :attr:`accum`, the micro-batches of the next
     optimizer step, from the step (``total_steps`` of a step budget) or the elapsed seconds (a time budget,

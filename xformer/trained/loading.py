@@ -39,17 +39,17 @@ def _kind(path: Path) -> str:
     raise XformerError(f"{path}: not a model; {EXPECTED}")
 
 
-def checkpoint_of(path: Path, hashes: bool = True) -> Path:
+def checkpoint_of(path: Path) -> Path:
     """The checkpoint that loading ``path`` reads, once it is intact: ``path`` itself, or a run's newest
-    checkpoint, never an older one in its place (that would be another model). Intact means the sizes and,
-    with ``hashes``, the SHA-256 sums of its ``manifest.json`` match; XformerError naming the checkpoint and
-    the damaged file otherwise."""
+    checkpoint, never an older one in its place (that would be another model). Intact means the sizes and
+    SHA-256 sums of its ``manifest.json`` match (hashed once per process while its files are unchanged);
+    XformerError naming the checkpoint and the damaged file otherwise."""
     if _kind(path) == "run":
         found = list_checkpoints(path)
         if not found:
             raise XformerError(f"{path}: this run has no checkpoints yet (checkpoints/step_* is empty)")
         path = found[-1]
-    if (reason := verify_checkpoint(path, hashes)) is not None:
+    if (reason := verify_checkpoint(path)) is not None:
         raise XformerError(f"checkpoint {path} is damaged: {reason}; restore it from a copy, or delete it to "
                            f"use an older one")
     return path
@@ -139,7 +139,7 @@ def load_config(path: str | Path) -> Section:
 
     text = str(path)
     if not _is_hf(path):
-        ckpt = checkpoint_of(Path(path), hashes=False)  # sizes only: no weights are read here
+        ckpt = checkpoint_of(Path(path))  # hashed once: the load that follows does not hash again
         tree = load_yaml(ckpt / "config.yaml", "checkpoint config")
         return model_config(tree.get("model"), str(ckpt / "config.yaml"))
     hf_config = _read_hf_config(text.removeprefix("hf:"))
