@@ -27,7 +27,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from xformer.data.configs import DataConfig
-from xformer.data.cache import default_cache_dir, log
+from xformer.data.cache import DamagedCacheError, default_cache_dir, discard_entry, log, open_entry
 from xformer.data.text.corpus import (
     CorpusPart,
     corpus_fingerprint,
@@ -51,11 +51,7 @@ from xformer.data.text.shards import (
     run_shards,
     tokenize_documents,  # noqa: F401  (re-exported: callers import it from here)
 )
-from xformer.data.text.tokenizer import (
-    build_tokenizer,
-    tokenizer_cache_path,
-    tokenizer_fingerprint,
-)
+from xformer.data.text.tokenizer import build_tokenizer, tokenizer_fingerprint
 from xformer.errors import XformerError
 
 FORMAT_VERSION = 2  # 2: sharded (one folder per shard, a meta.json index per split)
@@ -110,7 +106,7 @@ def _build(
 ) -> None:
     """Build the shards of cache entry ``path`` (resuming a killed build), check them and publish the entry."""
     ctx = ShardContext(
-        work=path.with_name(f".{path.name}.partial"), parts=tuple(parts), cfg=cfg,
+        work=_partial(path), parts=tuple(parts), cfg=cfg,
         tokenizer_json=tokenizer.backend_tokenizer.to_str(), cls_id=tokenizer.cls_token_id,
         sep_id=tokenizer.sep_token_id, dtype=meta["dtype"],
         build=build_packed_shard if cfg.objective == "mlm" else build_nsp_shard,
@@ -119,7 +115,7 @@ def _build(
     t0 = time.perf_counter()
     metas = run_shards(jobs, ctx, cfg.num_workers or len(os.sched_getaffinity(0)))  # the cores this process may use
     train = [m for job, m in zip(jobs, metas) if job.split == "train"]
-    stats = {key: sum(m[key] for m in train) for key in train[0] if key != "seconds"}
+    stats = {key: sum(m[key] for m in train) for key in train[0] if key not in ("seconds", "files")}
     check = check_packed if cfg.objective == "mlm" else check_nsp_labels
     try:
         check(stats, cfg)
@@ -130,6 +126,11 @@ def _build(
     seconds = time.perf_counter() - t0
     log(f"train: {stats['num_examples']:,} examples, {stats['num_tokens']:,} tokens from {stats['documents']:,} "
         f"documents in {len(train)} shards ({seconds:.1f}s); cached in {path}")
+
+
+def _partial(path: Path) -> Path:
+    """Where cache entry ``path`` is built (:mod:`xformer.data.text.shards`)."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def plan_corpus(cfg: DataConfig, root: Path) -> tuple[list[CorpusPart], np.ndarray]:
@@ -154,7 +155,9 @@ def training_texts(parts: list[CorpusPart], val_ids: np.ndarray, text_column: st
 def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> PretrainingData:
     """Read, split, tokenize and turn ``cfg.source`` into cached pretraining examples (or load the cache).
 
-    A cache hit only stats the source files and loads the tokenizer.
+    A cache hit only stats the source files and the entry's files (:func:`~xformer.data.cache.open_entry`)
+    and loads the tokenizer. A damaged entry is built again, keeping its shards that are whole; so is one
+    whose files turn out unreadable when read.
     """
     if cfg.source is None:
         raise XformerError("data.source is required: Parquet, text, JSON-lines, CSV or TSV files or globs, or an HF dataset name")
@@ -162,23 +165,34 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
     corpus = corpus_fingerprint(cfg.source, cfg.text_column, cfg.split, cfg.max_documents)
     corpus_key = f"{corpus}-val{cfg.val_documents}-seed{cfg.seed}"  # the tokenizer sees train documents only
     planned = None
-    if cfg.tokenizer.path is None and not tokenizer_cache_path(cfg.tokenizer, root, corpus_key).is_dir():
+
+    def texts() -> Iterator[str]:  # run only if the tokenizer is trained: a cache hit reads no corpus
+        nonlocal planned
         planned = plan_corpus(cfg, root)
-        tokenizer = build_tokenizer(cfg.tokenizer, training_texts(*planned, cfg.text_column), root, corpus_key)
-    else:
-        tokenizer = build_tokenizer(cfg.tokenizer, None, root, corpus_key)
+        yield from training_texts(*planned, cfg.text_column)
+
+    tokenizer = build_tokenizer(cfg.tokenizer, texts(), root, corpus_key)
 
     path = root / "pretraining" / _examples_key(cfg, corpus, tokenizer)
-    if path.is_dir():
-        log(f"using cached examples {path}")
-    else:
-        parts, val_ids = planned or plan_corpus(cfg, root)
-        meta = {
-            "format": FORMAT_VERSION, "source": cfg.source, "corpus": corpus,
-            "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id, "dtype": "uint16" if len(tokenizer) < 65536 else "int32",
-            **cfg.model_dump(include=EXAMPLE_SETTINGS),
-        }
-        _build(cfg, path, parts, val_ids, tokenizer, meta)
     dataset = PackedDataset if cfg.objective == "mlm" else PretrainingDataset
-    return PretrainingData(dataset(path / "train"), dataset(path / "val"), tokenizer, path)
+    for attempt in range(2):
+        if open_entry(path, salvage=_partial(path)):
+            log(f"using cached examples {path}")
+        else:
+            parts, val_ids = planned or plan_corpus(cfg, root)
+            planned = parts, val_ids
+            meta = {
+                "format": FORMAT_VERSION, "source": cfg.source, "corpus": corpus,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
+                "pad_token_id": tokenizer.pad_token_id, "dtype": "uint16" if len(tokenizer) < 65536 else "int32",
+                **cfg.model_dump(include=EXAMPLE_SETTINGS),
+            }
+            _build(cfg, path, parts, val_ids, tokenizer, meta)
+        try:
+            return PretrainingData(dataset(path / "train"), dataset(path / "val"), tokenizer, path)
+        except DamagedCacheError as err:
+            if attempt or err.path != path:  # damaged again just after being built: not the cache's fault
+                raise
+            log(f"warning: cache entry {path} is damaged ({err.reason}): building it again")
+            discard_entry(path, err.reason)
+    raise AssertionError("unreachable: the second attempt returns or raises")

@@ -213,7 +213,7 @@ class PretrainingDataset(ShardedDataset):
 
     def __init__(self, path: str | Path):
         super().__init__(path)
-        offsets = [np.load(self.path / name / "offsets.npy") for name in self.meta["shards"]]
+        offsets = [self.array(name, "offsets") for name in self.meta["shards"]]
         self.token_starts = np.concatenate([o[:-1] for o in offsets] or [np.zeros(0, np.int64)])  # (N,)
         self.lengths = np.concatenate([np.diff(o) for o in offsets] or [np.zeros(0, np.int64)]).astype(np.int32)
         self.a_lengths = self._load("a_lengths", np.int32)  # (N,) length of [CLS] A [SEP]

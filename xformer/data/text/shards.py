@@ -17,9 +17,12 @@ While it is prepared, cache entry ENTRY is built beside its final place::
     .ENTRY.partial/train/.shard-00001.<pid>/ a shard being built, renamed to shard-00001 when complete
     .ENTRY.partial/val/shard-00000/
 
-A rerun after a kill skips the finished shards and removes half-built ones. When all are built, each
-split gets a meta.json (its index: the shards, their example counts, totals and settings) and
-.ENTRY.partial is renamed to ENTRY in one step; a published entry is never written again.
+A rerun after a kill skips the finished shards and removes half-built ones. A finished shard's meta.json
+records the size of each of its files, and a shard whose files differ (deleted, truncated) is built again.
+When all are built, each split gets a meta.json (its index: the shards, their example counts, totals and
+settings), the entry its sizes.json (:func:`xformer.data.cache.record_sizes`), and .ENTRY.partial is renamed
+to ENTRY in one step; a published entry is never written again. One found damaged when opened is moved back
+to .ENTRY.partial (:func:`xformer.data.cache.open_entry`), so that only its damaged shards are built again.
 
 ``data.num_workers`` processes build the shards (None: one per core), never more than there are training
 shards to build. With one, the shards are built in this process (the tokenizer using its own threads);
@@ -48,7 +51,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from xformer.data.configs import DataConfig
-from xformer.data.cache import log
+from xformer.data.cache import DamagedCacheError, file_sizes, log, record_sizes, size_mismatch
 from xformer.data.text.corpus import CorpusPart, read_records, split_sentences
 from xformer.errors import XformerError
 
@@ -169,9 +172,27 @@ def build_shard(job: ShardJob, ctx: ShardContext) -> dict:
     tmp.mkdir()
     meta = ctx.build(tmp, corpus, doc_ids, job.seed(ctx.cfg.seed), ctx)
     meta = dict(meta, documents=len(doc_ids), input_tokens=len(corpus.tokens), seconds=time.perf_counter() - t0)
+    meta["files"] = file_sizes(tmp)  # checked when a rerun reuses the shard
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     _rename(tmp, target)
     return meta
+
+
+def _finished(shard: Path) -> bool:
+    """Whether ``shard`` is a finished shard whose files are those its meta.json records; a damaged one is
+    removed (with a warning) to be built again."""
+    if not shard.is_dir():
+        return False
+    try:
+        meta = json.loads((shard / "meta.json").read_text())
+        problem = size_mismatch(shard, meta.get("files", {}))  # a shard from before sizes were recorded: none
+    except (OSError, ValueError, AttributeError) as err:
+        problem = f"its meta.json is unreadable ({err})"
+    if problem is None:
+        return True
+    log(f"warning: shard {shard} is damaged ({problem}): building it again")
+    shutil.rmtree(shard)
+    return False
 
 
 def _rename(work: Path, target: Path) -> None:
@@ -205,7 +226,7 @@ def run_shards(jobs: list[ShardJob], ctx: ShardContext, num_workers: int) -> lis
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".shard-*"):  # half-built by a killed run
             shutil.rmtree(stale)
-    todo = [job for job in jobs if not (ctx.work / job.split / job.name).is_dir()]
+    todo = [job for job in jobs if not _finished(ctx.work / job.split / job.name)]
     workers = max(1, min(num_workers, sum(job.split == "train" for job in todo)))  # the validation shard is small
     if len(todo) < len(jobs):
         log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} shards are already built")
@@ -271,6 +292,7 @@ def publish_shards(work: Path, target: Path, jobs: list[ShardJob], metas: list[d
         for total in ("num_examples", "num_tokens", "documents", "input_tokens"):
             index[total] = sum(m[total] for _, m in done)
         (work / split / "meta.json").write_text(json.dumps(index, indent=2))
+    record_sizes(work)
     _rename(work, target)
 
 
@@ -279,30 +301,48 @@ def publish_shards(work: Path, target: Path, jobs: list[ShardJob], metas: list[d
 
 class ShardedDataset:
     """A split's shards read back: ``meta`` (the split's index) and each shard's ``input_ids``,
-    memory-mapped (one open file per shard). Example i is in shard s where starts[s] <= i < starts[s+1]."""
+    memory-mapped (one open file per shard). Example i is in shard s where starts[s] <= i < starts[s+1].
+
+    A file that cannot be read is a :class:`~xformer.data.cache.DamagedCacheError` naming the cache entry."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.max_seq_len: int = self.meta["max_seq_len"]
-        self.pad_token_id: int = self.meta["pad_token_id"]
-        names = self.meta["shards"]
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+            self.max_seq_len: int = self.meta["max_seq_len"]
+            self.pad_token_id: int = self.meta["pad_token_id"]
+            names = list(self.meta["shards"])
+            examples = np.asarray(self.meta["examples"], np.int64)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self.damaged(f"{self.path.name}/meta.json is unreadable ({type(err).__name__}: {err})") from None
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if len(names) > limit // 2:
             raise XformerError(
                 f"{self.path}: {len(names)} shards need as many open files, over half the open-file limit of "
                 f"{limit}; raise it (ulimit -n) or prepare again with a larger data.shard_documents"
             )
-        self.input_ids = [np.load(self.path / name / "input_ids.npy", mmap_mode="r") for name in names]
+        self.input_ids = [self.array(name, "input_ids", mmap=True) for name in names]
         self.starts = np.zeros(len(names) + 1, np.int64)  # (S+1,)
-        np.cumsum(self.meta["examples"], out=self.starts[1:])
+        np.cumsum(examples, out=self.starts[1:])
+
+    def damaged(self, reason: str) -> DamagedCacheError:
+        """The error for this split's cache entry (its parent folder) being damaged."""
+        return DamagedCacheError(self.path.parent, reason)
+
+    def array(self, shard: str, name: str, mmap: bool = False) -> np.ndarray:
+        """Array ``name`` of ``shard`` (memory-mapped with ``mmap``); an unreadable one is :meth:`damaged`."""
+        file = self.path / shard / f"{name}.npy"
+        try:
+            return np.load(file, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError, EOFError) as err:
+            raise self.damaged(f"{file.relative_to(self.path.parent)} is unreadable ({err})") from None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def _load(self, name: str, dtype: type = np.int64) -> np.ndarray:
         """Per-example array ``name`` of every shard, concatenated, in memory."""
-        arrays = [np.load(self.path / shard / f"{name}.npy") for shard in self.meta["shards"]]
+        arrays = [self.array(shard, name) for shard in self.meta["shards"]]
         return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
     def _by_shard(self, idx: np.ndarray) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
