@@ -21,6 +21,7 @@ from xformer.commands.report import read_run, write_report
 from xformer.config import Section, validate
 from xformer.data import catalog
 from xformer.data.configs import TextClassificationDataConfig
+from xformer.data import sources
 from xformer.data.sources import at_split, resolve
 from xformer.data.text.texts import load_text_data
 from xformer.errors import XformerError
@@ -294,3 +295,16 @@ def test_a_template_with_only_another_placeholder_is_refused_with_the_fix():
         zeroshot.check_templates(["a photo of a {C}"], "--template")
     assert one_line(err) == ("--template: prompt template 'a photo of a {C}' has no '{c}' (where the class name "
                              "goes); {C} is not replaced: write {c}")
+
+
+def test_a_local_path_that_is_also_a_catalogue_name_says_which_it_read(two_places, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sources, "_SHADOWED", set())
+    own = write(tmp_path / "project" / "sst2" / "mine.parquet", sentence=["a"], label=[0])
+    assert resolve("sst2", "data.source").files == [Path("sst2/mine.parquet")] and own.is_file()
+    err = capsys.readouterr().err
+    assert f"[data] data.source 'sst2': reading the local path {own.parent.resolve()}, not the catalogue's" in err
+    assert "write sst2:<split>" in err
+    beside = tmp_path / "shared" / "data" / "sst2" / "train.parquet"
+    assert resolve("sst2:train").files == [beside.resolve()]  # as the line says
+    write(tmp_path / "project" / "glue" / "mine" / "a.parquet", sentence=["a"], label=[0])
+    assert len(resolve("glue/mine").files) == 1  # a path under a catalogue family is a path, not a typo

@@ -316,7 +316,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         text = f"# Report: {len(runs)} runs of {len(groups)} tasks, a table each\n"
         for task, group in groups.items():
             suffix = "_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in task)
-            text += f"\n## {task}: {len(group)} run{'s' if len(group) > 1 else ''}\n\n{_section(group, out_dir, suffix)}"
+            runs_of = f"{len(group)} run{'s' if len(group) > 1 else ''}"
+            text += f"\n## {task}: {runs_of}\n\n{_section(group, out_dir, suffix)}"
     warnings = [w for r in runs for w in r["warnings"]]
     if warnings:
         text += "\n## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings)

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,20 @@ def _named(entry: str, key: str, split: str) -> Source | None:
     return Source(key, "hub", name=dataset.name, split=split)
 
 
+_SHADOWED: set[str] = set()  # local paths already reported as shadowing a catalogue name
+
+
+def _tell_shadowed(entry: str, key: str) -> None:
+    """One stderr line, once per process, when an existing local path is also a catalogue name: the path
+    is read (a path is never a name), and how to read the catalogue's set instead."""
+    name = entry.rstrip("/")
+    if name not in catalog.CATALOG or entry in _SHADOWED:  # an exact name only: a path is never a typo of one
+        return
+    _SHADOWED.add(entry)
+    print(f"[data] {key} {entry!r}: reading the local path {Path(entry).expanduser().resolve()}, not the catalogue's "
+          f"{name} (write {name}:<split>, e.g. {name}:train, for the catalogue's)", file=sys.stderr, flush=True)
+
+
 def resolve(
     source: str | list[str],
     key: str = "data.source",
@@ -132,6 +147,8 @@ def resolve(
                 return named
             if _is_hub_name(entry):
                 return Source(key, "hub", name=entry, split=split)
+        elif path.exists():
+            _tell_shadowed(entry, key)
     files: dict[Path, None] = {}  # ordered, without duplicates
     for entry in entries:
         files.update(dict.fromkeys(_entry_files(str(entry), key, suffixes)))

@@ -88,15 +88,16 @@ def _is_number(name) -> bool:
 
 def check_templates(templates: Sequence[str], where: str) -> None:
     """XformerError unless ``templates`` is a non-empty list of strings that each contain ``{c}``; a warning
-    (once per template and process) for a template with other braces (``{}``, ``{label}``, ``{C}``, the outer braces of ``{{c}}``):
-    only ``{c}`` is replaced, so they would reach the text encoder as written."""
+    (once per template and process) for a template with other braces (``{}``, ``{label}``, ``{C}``, the
+    outer braces of ``{{c}}``): only ``{c}`` is replaced, so they would reach the text encoder as written."""
     if isinstance(templates, str) or not templates:
         raise XformerError(f"{where}: zero-shot needs a list of prompt templates containing '{{c}}', got {templates!r}")
     for template in templates:
         others = _other_placeholders(template) if isinstance(template, str) else []
         if not isinstance(template, str) or "{c}" not in template:
             hint = f"; {others[0]} is not replaced: write {{c}}" if others else ""
-            raise XformerError(f"{where}: prompt template {template!r} has no '{{c}}' (where the class name goes){hint}")
+            raise XformerError(
+                f"{where}: prompt template {template!r} has no '{{c}}' (where the class name goes){hint}")
         if others and template not in _WARNED:
             _WARNED.add(template)
             print(f"warning: {where}: prompt template {template!r} has {', '.join(others)} besides {{c}}: only {{c}} "
