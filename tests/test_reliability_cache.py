@@ -271,3 +271,23 @@ def test_a_damaged_image_cache_is_decoded_again(tmp_path, capfd, damage):
     again = load_image_data(cfg)
     assert f"cache entry {entry} is damaged (" in capfd.readouterr().err
     assert np.array_equal(again.train.images, pixels) and np.array_equal(again.train.labels, labels)
+
+
+def test_a_hub_corpus_copy_missing_a_part_is_copied_again(tmp_path, tokenizer_dir, monkeypatch, capfd):
+    import datasets
+
+    from xformer.data.text.corpus import hub_corpus_files
+
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append(name)
+        return datasets.Dataset.from_dict({"text": make_documents(60)})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    folder = tmp_path / "hub" / "copy"
+    (part,) = hub_corpus_files("owner/corpus", "text", "train", None, folder)
+    part.unlink()  # the copy would silently read as an empty corpus
+    capfd.readouterr()
+    assert hub_corpus_files("owner/corpus", "text", "train", None, folder) == [part] and part.is_file()
+    assert len(calls) == 2 and f"cache entry {folder} is damaged (part-00000.parquet is missing)" in capfd.readouterr().err

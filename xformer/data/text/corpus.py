@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xformer.data.cache import publish_dir
+from xformer.data.cache import open_entry, publish_dir
 from xformer.data.readers import DATA_SUFFIXES, Reader, reader_for
 from xformer.data.sources import file_stats, open_readers, resolve
 from xformer.errors import XformerError
@@ -154,8 +154,9 @@ def hub_corpus_files(
     source: str, text_column: str, split: str, max_documents: int | None, folder: Path
 ) -> list[Path]:
     """The local copy of a hub corpus: its ``text_column`` (the first ``max_documents`` rows) streamed once
-    into ``folder/part-NNNNN.parquet`` (published whole, see :func:`~xformer.data.cache.publish_dir`)."""
-    if not folder.is_dir():
+    into ``folder/part-NNNNN.parquet`` (published whole, see :func:`~xformer.data.cache.publish_dir`; a copy
+    whose files are not as published, e.g. a part deleted, is copied again)."""
+    if not open_entry(folder):
         src = resolve(source, "data.source", DATA_SUFFIXES, split)
         values = (t for reader in open_readers(src) for batch in _texts(reader, text_column) for t in batch)
         schema = pa.schema([(text_column, pa.string())])
