@@ -290,4 +290,5 @@ def test_a_hub_corpus_copy_missing_a_part_is_copied_again(tmp_path, tokenizer_di
     part.unlink()  # the copy would silently read as an empty corpus
     capfd.readouterr()
     assert hub_corpus_files("owner/corpus", "text", "train", None, folder) == [part] and part.is_file()
-    assert len(calls) == 2 and f"cache entry {folder} is damaged (part-00000.parquet is missing)" in capfd.readouterr().err
+    assert len(calls) == 2
+    assert f"cache entry {folder} is damaged (part-00000.parquet is missing)" in capfd.readouterr().err

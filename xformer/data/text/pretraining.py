@@ -160,7 +160,8 @@ def prepare_pretraining_data(cfg: DataConfig, cache_dir: Path | None = None) -> 
     whose files turn out unreadable when read.
     """
     if cfg.source is None:
-        raise XformerError("data.source is required: Parquet, text, JSON-lines, CSV or TSV files or globs, or an HF dataset name")
+        raise XformerError("data.source is required: Parquet, text, JSON-lines, CSV or TSV files or globs, or an HF "
+                           "dataset name")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(cfg)
     corpus = corpus_fingerprint(cfg.source, cfg.text_column, cfg.split, cfg.max_documents)
     corpus_key = f"{corpus}-val{cfg.val_documents}-seed{cfg.seed}"  # the tokenizer sees train documents only
