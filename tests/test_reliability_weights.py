@@ -284,3 +284,14 @@ def test_warmup_and_batch_ramps_that_cannot_happen_are_warned():
     assert "train.batch_ramp=0.05 of the run's 10 steps lasts 1 step" in one_step
     assert ramp_warning(TrainConfig(batch_ramp=0.2, grad_accum=4), 100) is None
     assert ramp_warning(TrainConfig(), 100) is None
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_is_not_started_over(tiny_config, tmp_path, capsys):
+    run(tiny_config("train.max_steps=2"))
+    (only,) = list_checkpoints(tmp_path / "run")
+    _flip_a_bit(only / "model.safetensors")
+    for resume in (True, False):
+        with pytest.raises(XformerError, match=r"every checkpoint is damaged \(1, the newest step_0000002"):
+            run(tiny_config("train.max_steps=4"), resume=resume)
+    assert list_checkpoints(tmp_path / "run") == [only]  # kept for a restore, not pruned by a fresh start
+    assert "model.safetensors does not match its sha256" in capsys.readouterr().err

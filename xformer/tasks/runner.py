@@ -18,7 +18,8 @@ import torch
 
 from xformer import distributed
 from xformer.config import RunConfig, Section, config_text
-from xformer.train.checkpoint import atomic_write_text, latest_checkpoint, write_dir_whole
+from xformer.errors import XformerError
+from xformer.train.checkpoint import atomic_write_text, latest_checkpoint, list_checkpoints, write_dir_whole
 from xformer.train.loop import Trainer
 from xformer.train.run_dir import (RunLock, check_resolved, check_start, pin_data, prepare_dir, remove_unstarted,
                                    save_user_config)
@@ -53,6 +54,18 @@ def run_tokenizer(cfg: RunConfig, run_dir: Path, resuming: bool) -> str | None:
     return tokenizer_dir(init) if init else None
 
 
+def _has_intact_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has an intact checkpoint to resume from; XformerError when it has checkpoints and
+    every one is damaged (starting over would prune them and lose what a copy could still restore)."""
+    if latest_checkpoint(run_dir) is not None:
+        return True
+    if found := list_checkpoints(run_dir):
+        raise XformerError(f"{run_dir}: every checkpoint is damaged ({len(found)}, the newest {found[-1].name}; see "
+                           f"the warnings above): restore one from a copy, or delete {run_dir / 'checkpoints'} to "
+                           f"start over")
+    return False
+
+
 def run_task(cfg: RunConfig, resume: bool = False) -> dict:
     """Train ``cfg`` into its run directory (``cfg.out_dir``, default ``runs/<task>``); returns the final
     train and validation metrics. ``cfg`` itself is not changed; the resolved config is saved with the run."""
@@ -65,7 +78,7 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
         if dist.is_main:
             prepare_dir(run_dir)
         with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
-            has_checkpoint = latest_checkpoint(run_dir) is not None
+            has_checkpoint = _has_intact_checkpoint(run_dir)
             resuming = resume and has_checkpoint
             check_start(run_dir, cfg, resume, has_checkpoint)
             if resume and not resuming and dist.is_main:
