@@ -158,6 +158,9 @@ def evaluate(run_dir: Path, source, split: str = "train", limit: int | None = No
     metrics, counts, rows = scores("mlm")
     out = {"mlm_acc": metrics["mlm_acc"], "mlm_loss": metrics["mlm_loss"], "examples": rows,
            "tokens": int(counts["tokens"]), "masked": int(counts["mlm_n"])}
+    if not counts["mlm_n"]:  # mlm_loss and mlm_acc are NaN (null in the JSON): say why, they are not 0
+        print(f"warning: {source}: no token was masked in {rows} rows: mlm_loss and mlm_acc are not measured "
+              f"(no targets)", file=sys.stderr)
     if cfg.data.objective == "mlm_nsp" and model.config.nsp:
         try:
             pairs, _, _ = scores("mlm_nsp")
