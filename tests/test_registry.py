@@ -16,6 +16,7 @@ from xformer.models.cnn import CNNConfig
 from xformer.models.hf_image import HFImageConfig
 from xformer.models.registry import ARCHITECTURES, build_model, model_config
 from xformer.models.vit import ViTConfig
+from xformer.models.vit_mae import ViTMAEConfig
 from xformer.tasks import parse_config
 
 ENCODER = {"dim": 32, "depth": 2, "num_heads": 2, "dropout": 0.0, "attn_dropout": 0.0, "attn_backend": "math"}
@@ -34,6 +35,8 @@ def tiny_configs(tmp_path) -> dict[str, list]:
                             BertClassifierConfig(**ENCODER, **{**MODERN, "nsp": True}, vocab_size=50, max_position=16,
                                                  num_classes=1, classifier_pooling="mean")],
         "vit": [ViTConfig(**ENCODER, image_size=16, patch_size=8, num_classes=3)],
+        "vit_mae": [ViTMAEConfig(**ENCODER, image_size=16, patch_size=8, decoder_dim=16, decoder_depth=1,
+                                 decoder_num_heads=2, norm_pix_loss=True)],
         "cnn": [CNNConfig(channels=(4, 8, 8), hidden=16, image_size=16, num_classes=3)],
         "hf_image": [HFImageConfig(init=f"hf:{tiny_resnet_dir(tmp_path)}", image_size=16, num_classes=3)],
         "clip": [ClipConfig(vision={**ENCODER, "image_size": 16, "patch_size": 8},
@@ -50,6 +53,8 @@ def inputs(cfg) -> dict[str, torch.Tensor]:
         return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
     if isinstance(cfg, BertConfig):
         return {"input_ids": ids, "attention_mask": mask}
+    if isinstance(cfg, ViTMAEConfig):  # the same masking on every call
+        return {"pixel_values": pixels, "noise": torch.rand(2, 4, generator=gen)}
     return {"pixel_values": pixels}
 
 

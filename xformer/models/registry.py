@@ -30,6 +30,7 @@ from xformer.models.clip import ClipConfig, CLIPModel
 from xformer.models.cnn import CNN, CNNConfig
 from xformer.models.hf_image import HFImageClassifier, HFImageConfig
 from xformer.models.vit import ViTConfig, ViTForImageClassification
+from xformer.models.vit_mae import ViTMAEConfig, ViTMAEForPreTraining
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ ARCHITECTURES: dict[str, Architecture] = {
                                     hf=_BERT_FORMATS),
     "vit": Architecture(ViTConfig, ViTForImageClassification, "image_classifier", "ViT", hf=(
         HFFormat("vit", "xformer.interop.hf_vit", "load_hf_vit", "export_vit"),
+    )),
+    "vit_mae": Architecture(ViTMAEConfig, ViTMAEForPreTraining, "masked_image", "MAE", hf=(
+        HFFormat("vit_mae", "xformer.interop.hf_vit_mae", "load_hf_vit_mae", "export_vit_mae"),
     )),
     "cnn": Architecture(CNNConfig, CNN, "image_classifier", "CNN"),
     "hf_image": Architecture(HFImageConfig, HFImageClassifier, "image_classifier", "HF image classifier"),
