@@ -12,6 +12,10 @@ holding the split winning:
 3. the HF hub (``datasets.load_dataset``; streamed for large text corpora), unless it is offline
    (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``).
 
+The samples shipped inside the package (``wikipedia-sample``, ``cifar10-sample``, ``captions-sample``; built
+by ``data_prep/make_samples.py``, sources and licences in ``xformer/samples/README.md``) are found only there,
+under their own names: a real name never falls back to a sample, and a sample never reads another folder.
+
 In a folder, split ``S`` is ``S.parquet`` or the shards ``S-*.parquet``; ``validation`` also answers to
 ``dev``, ``val`` and ``valid`` (and, for a set whose validation splits have other names, such as MNLI's
 ``validation_matched``, to the first of its ``eval_splits``). An entry may send a split to another folder
@@ -35,6 +39,7 @@ REPO_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # the data 
 BESIDE = Path("..") / "shared" / "data"  # the same, relative to the current directory
 SPLIT_ALIASES = ("validation", "dev", "val", "valid")  # one split, four spellings
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # package data: the small embedded samples
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class Dataset:
     label_type: str | None = None  # "class" | "regression"
     scores: tuple[str, ...] = ()  # names in xformer.trained.scores.SCORES; a task's score is their mean
     eval_splits: tuple[str, ...] = ()  # the splits a benchmark scores on, the first one during training
+    packaged: bool = False  # a sample shipped in xformer/samples/<folder>/: looked for there only, no hub copy
+
+
+def sample(name: str, columns: tuple[str, ...], splits: tuple[str, ...], about: str) -> Dataset:
+    """The entry of a sample shipped inside the package, in ``xformer/samples/<name>/``."""
+    return Dataset(name, name, columns, "", splits, about=about, packaged=True)
 
 
 GLUE_HUB = "nyu-mll/glue"
@@ -109,6 +120,12 @@ CATALOG: dict[str, Dataset] = {d.name: d for d in [
     glue("qnli", ("question", "sentence"), ("acc",), "QNLI: does the sentence answer the question (0 yes); hub "
          "only, 104,743 / 5,463"),
     glue("rte", ("sentence1", "sentence2"), ("acc",), "RTE: does sentence1 entail sentence2 (0 yes); 2,490 / 277"),
+    sample("wikipedia-sample", ("id", "url", "title", "text"), ("train",),
+           "300 English Wikipedia articles (CC BY-SA 3.0), each cut to at most 10,000 characters; shipped"),
+    sample("cifar10-sample", ("img", "label"), ("train",), "1,000 CIFAR-10 training images (JPEG); shipped"),
+    sample("captions-sample", ("image", "captions"), ("train", "validation"),
+           "750 other CIFAR-10 images with 5 synthetic captions each, written from the class name (600 / 150); "
+           "shipped"),
 ]}
 FAMILIES = ("glue/",)  # name prefixes the catalogue owns: an unknown name under one is a typo, not a hub id
 
@@ -154,7 +171,10 @@ def offline() -> bool:
 
 def search_dirs(dataset: Dataset, split: str | None = None) -> list[Path]:
     """The folders a name (its ``split``) is looked for in, in order, absolute and without duplicates: under
-    ``$XFORMER_DATA``, then beside the project (from the current directory, then from the repository)."""
+    ``$XFORMER_DATA``, then beside the project (from the current directory, then from the repository); a
+    packaged sample's one folder inside the package."""
+    if dataset.packaged:
+        return [SAMPLES / dataset.folder]
     roots = [Path(os.environ["XFORMER_DATA"]).expanduser()] if os.environ.get("XFORMER_DATA") else []
     roots += [BESIDE, REPO_DATA]
     folder = next((dataset.split_folders[s] for s in split_names(split or "") if s in dataset.split_folders),
@@ -227,6 +247,8 @@ def local_files(dataset: Dataset, split: str, key: str = "data source") -> list[
 
 def fetch_hint(dataset: Dataset) -> str:
     """How to get a catalogue set onto a machine that cannot reach the hub."""
+    if dataset.packaged:
+        return f"{dataset.name} ships inside the package (xformer/samples/); reinstall xformer to restore it"
     beside = dataset.name if dataset.split_folders else dataset.folder  # its splits' own folders are elsewhere
     return (f"on a machine that reaches the hub run python data_prep/fetch.py {dataset.name} --out DIR, then "
             f"export XFORMER_DATA=DIR (or copy DIR/{dataset.name} to ../shared/data/{beside})")
@@ -245,6 +267,9 @@ def not_found(key: str, entry: str, dataset: Dataset, split: str, why: str) -> X
 
 def check_hub(dataset: Dataset, split: str, key: str, entry: str) -> None:
     """Raise the one-line :func:`not_found` error unless the hub may be asked for ``split`` of ``dataset``."""
+    if dataset.packaged:
+        raise not_found(key, entry, dataset, split, f"a packaged sample has no hub copy (splits: "
+                        f"{', '.join(dataset.splits)})")
     if offline():
         raise not_found(key, entry, dataset, split, "the HF hub is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)")
     if hub_split(dataset, split) is None:
