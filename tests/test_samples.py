@@ -70,7 +70,7 @@ def test_the_samples_are_small_and_every_file_is_package_data():
 def sample_data_root(tmp_path: Path) -> Path:
     """A data folder in the shared layout made from the samples (1,000 CIFAR images twice over, enough
     for every sample the script cuts), for when the full sets are not on this machine."""
-    (tmp_path / "wiki").mkdir()
+    (tmp_path / "wiki").mkdir(parents=True)
     (tmp_path / "cifar10").mkdir()
     wiki = pq.read_table(SAMPLES / "wikipedia-sample" / "train.parquet")
     pq.write_table(wiki, tmp_path / "wiki" / "train-00000-of-00008.parquet")
