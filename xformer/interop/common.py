@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xformer.errors import XformerError, os_error_line
+from xformer.hub import fetch_from_hub
 
 # HF activation name -> ours; HF's gelu_new and gelu_pytorch_tanh are both the tanh approximation, swish is silu.
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
@@ -259,3 +260,14 @@ def classifier_to_hf(num_classes: int, class_names: list[str] | None, architectu
         "label2id": {name: i for i, name in enumerate(names)},
         "problem_type": "regression" if num_classes == 1 else "single_label_classification",
     }
+
+
+def hf_model_dir(path_or_id: str | Path, family: str) -> Path:
+    """The local HF directory of ``path_or_id`` (a hub id is fetched; offline, XformerError asks for a local
+    directory); XformerError when it has no ``config.json``."""
+    folder = Path(path_or_id)
+    if not folder.exists():
+        folder = fetch_from_hub(str(path_or_id))
+    if not (folder / "config.json").is_file():
+        raise XformerError(f"{folder}: no config.json; expected an HF {family} directory")
+    return folder

@@ -23,9 +23,9 @@ import torch
 import transformers
 
 from xformer.errors import XformerError
-from xformer.hub import fetch_from_hub
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
-                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, write_hf_dir)
+                                    hf_model_dir, param_pairs, read_weights, refuse_options, split_qkv, take_keys,
+                                    write_hf_dir)
 from xformer.models.clip import ClipConfig, CLIPModel, ClipVisionConfig, TextConfig
 
 logger = logging.getLogger(__name__)
@@ -220,11 +220,7 @@ def load_hf_clip(path_or_id: str, attn_backend: str = "auto") -> CLIPModel:
     ``pytorch_model.bin``) or a hub id (fetched through huggingface_hub; offline, XformerError asks for
     a local directory). ``attn_backend`` applies to both towers.
     """
-    folder = Path(path_or_id)
-    if not folder.exists():
-        folder = fetch_from_hub(str(path_or_id))
-    if not (folder / "config.json").is_file():
-        raise XformerError(f"{folder}: no config.json; expected an HF CLIP directory")
+    folder = hf_model_dir(path_or_id, "CLIP")
     cfg = config_from_hf(transformers.AutoConfig.from_pretrained(folder))
     cfg.vision.attn_backend = cfg.text.attn_backend = attn_backend
     state = state_dict_from_hf(read_weights(folder), cfg)

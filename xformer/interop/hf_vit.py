@@ -17,10 +17,9 @@ import torch
 import transformers
 
 from xformer.errors import XformerError
-from xformer.hub import fetch_from_hub
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
-                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, warn_unused,
-                                    write_hf_dir)
+                                    hf_model_dir, param_pairs, read_weights, refuse_options, split_qkv, take_keys,
+                                    warn_unused, write_hf_dir)
 from xformer.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
 logger = logging.getLogger(__name__)
@@ -184,11 +183,7 @@ def load_hf_vit(path_or_id: str, num_classes: int | None = None,
     (``None``: whatever it has); otherwise a fresh head with ``num_classes`` outputs is initialised.
     A checkpoint without a classifier loaded with ``num_classes=None`` is the backbone alone (:class:`ViTModel`).
     """
-    folder = Path(path_or_id)
-    if not folder.exists():
-        folder = fetch_from_hub(str(path_or_id))
-    if not (folder / "config.json").is_file():
-        raise XformerError(f"{folder}: no config.json; expected an HF ViT directory")
+    folder = hf_model_dir(path_or_id, "ViT")
     cfg = config_from_hf(transformers.AutoConfig.from_pretrained(folder))
     cfg.attn_backend = attn_backend
     state = state_dict_from_hf(read_weights(folder), cfg)

@@ -15,10 +15,9 @@ import torch
 import transformers
 
 from xformer.errors import XformerError
-from xformer.hub import fetch_from_hub
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
-                                    param_pairs, read_weights, refuse_options, split_qkv, take_keys, warn_unused,
-                                    write_hf_dir)
+                                    hf_model_dir, param_pairs, read_weights, refuse_options, split_qkv, take_keys,
+                                    warn_unused, write_hf_dir)
 from xformer.models.vit_mae import ViTMAEConfig, ViTMAEForPreTraining
 
 # Other namings -> the one written, in order (attention.o_proj before mlp.fc2).
@@ -144,11 +143,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTMAEConfig) -> dict[
 
 def load_hf_vit_mae(path_or_id: str, attn_backend: str = "auto") -> ViTMAEForPreTraining:
     """Load an HF ViTMAE directory or hub id as our :class:`ViTMAEForPreTraining`, in eval mode."""
-    folder = Path(path_or_id)
-    if not folder.exists():
-        folder = fetch_from_hub(str(path_or_id))
-    if not (folder / "config.json").is_file():
-        raise XformerError(f"{folder}: no config.json; expected an HF ViTMAE directory")
+    folder = hf_model_dir(path_or_id, "ViTMAE")
     cfg = config_from_hf(transformers.AutoConfig.from_pretrained(folder))
     cfg.attn_backend = attn_backend
     model = ViTMAEForPreTraining(cfg)
