@@ -95,3 +95,18 @@ def tiny_config(corpus_path, tmp_path):
         return load_recipe(None, base + list(overrides))
 
     return build
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one process (rank 0), torn down after the test."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

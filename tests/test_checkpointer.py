@@ -2,12 +2,9 @@
 shims."""
 
 import random
-import socket
 
 import numpy as np
-import pytest
 import torch
-import torch.distributed as dist
 
 from xformer.config import RunConfig, TrainConfig
 from xformer.distributed import DistInfo
@@ -36,15 +33,6 @@ def assert_same(a: tuple, b: tuple) -> None:
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(opt_a.state[pa][key], opt_b.state[pb][key])
 
-
-@pytest.fixture
-def one_process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def round_trip(run_dir, sharded: bool) -> None:

@@ -1,11 +1,9 @@
 """The parallel component: the functions that make a model ready to train (attention backend, activation
 checkpointing, compilation, DDP, FSDP), on one process."""
 
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,15 +28,6 @@ ONE = DistInfo(rank=0, world_size=1, device=CPU)
 def encoder(**kw) -> torch.nn.Module:
     return Encoder(EncoderConfig(dim=8, depth=2, num_heads=2, dropout=0.0, attn_dropout=0.0, **kw))
 
-
-@pytest.fixture
-def one_process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_precision_decides_the_autocast():

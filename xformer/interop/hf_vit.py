@@ -25,7 +25,7 @@ from xformer.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 logger = logging.getLogger(__name__)
 
 # transformers 5 in-memory names -> hub names, applied in order (attention.o_proj before mlp.fc2).
-_HUB_NAMES = (
+HUB_NAMES = (
     (r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
     (r"\.attention\.q_proj\.", ".attention.attention.query."),
     (r"\.attention\.k_proj\.", ".attention.attention.key."),
@@ -133,7 +133,7 @@ def _normalise_hf_key(key: str) -> str:
     """An HF key in hub naming, with the ``vit.`` prefix."""
     if not key.startswith(("vit.", "classifier.")):
         key = "vit." + key
-    for pattern, replacement in _HUB_NAMES:
+    for pattern, replacement in HUB_NAMES:
         key = re.sub(pattern, replacement, key)
     return key
 

@@ -18,19 +18,11 @@ from xformer.errors import XformerError
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
                                     hf_model_dir, param_pairs, read_weights, refuse_options, split_qkv, take_keys,
                                     warn_unused, write_hf_dir)
+from xformer.interop.hf_vit import HUB_NAMES
 from xformer.models.vit_mae import ViTMAEConfig, ViTMAEForPreTraining
 
-# Other namings -> the one written, in order (attention.o_proj before mlp.fc2).
-_HUB_NAMES = (
-    (r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
-    (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder.decoder_encoder.layer.\1."),
-    (r"\.attention\.q_proj\.", ".attention.attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".intermediate.dense."),
-    (r"\.mlp\.fc2\.", ".output.dense."),
-)
+# Other namings -> the one written: ViT's, and the decoder's layer list.
+_HUB_NAMES = ((r"^decoder\.decoder_layers\.(\d+)\.", r"decoder.decoder_encoder.layer.\1."), *HUB_NAMES)
 # (our prefix, HF prefix) of the encoder's and the decoder's blocks
 _STACKS = {"encoder": ("vit.encoder.blocks", "vit.encoder.layer"),
            "decoder": ("decoder.encoder.blocks", "decoder.decoder_encoder.layer")}
