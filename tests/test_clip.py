@@ -19,6 +19,7 @@ from PIL import Image
 
 from tests.test_trainer import free_port
 from xformer.commands.cli import main
+from xformer.distributed import teardown
 from xformer.models.clip import ClipConfig
 from xformer.commands.recipe import load_recipe
 from xformer.data.image.augment import random_resized_crop
@@ -70,6 +71,13 @@ def _ddp_loss_worker(rank, world, port, path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    result = _ddp_loss(rank, world)  # the DDP wrapper is gone when it returns: see distributed.teardown
+    if rank == 0:
+        torch.save(result, path)
+    teardown()
+
+
+def _ddp_loss(rank, world):
     model, batch = _ddp_case()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     B = len(batch[0]) // world
@@ -79,10 +87,7 @@ def _ddp_loss_worker(rank, world, port, path):
     (loss * world).backward()  # as the trainer does: DDP averages, each loss is a share of the global batch
     total = loss.detach().clone()
     torch.distributed.all_reduce(total)
-    if rank == 0:
-        torch.save({"loss": total, "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
-    torch.distributed.barrier()  # gloo aborts a process that leaves while its peer still talks to it
-    torch.distributed.destroy_process_group()
+    return {"loss": total, "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
 def _ddp_case():

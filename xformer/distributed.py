@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -146,8 +147,13 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 
 def teardown() -> None:
     """Leave the process group; ranks wait for each other first (gloo aborts a process that leaves while a
-    peer is still talking to it). A rank that failed does not wait: the others fail on their own."""
+    peer is still talking to it). A rank that failed does not wait: the others fail on their own.
+
+    Unreferenced models are collected first: a DDP wrapper left in a reference cycle keeps the group, and
+    with it gloo's worker threads, alive into interpreter shutdown, where a worker that releases a tensor
+    needs the GIL and the process aborts ("terminate called without an active exception")."""
     if dist.is_initialized():
+        gc.collect()
         if sys.exc_info()[0] is None:
             dist.barrier()
         dist.destroy_process_group()

@@ -75,38 +75,44 @@ def run_task(cfg: RunConfig, resume: bool = False) -> dict:
     dist = distributed.setup(cfg.train.device)
     created = not run_dir.exists()
     try:
-        if dist.is_main:
-            prepare_dir(run_dir)
-        with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
-            has_checkpoint = _has_intact_checkpoint(run_dir)
-            resuming = resume and has_checkpoint
-            check_start(run_dir, cfg, resume, has_checkpoint)
-            if resume and not resuming and dist.is_main:
-                print(f"warning: --resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
-            if dist.is_main:
-                pin_data(run_dir, cfg, resuming)
-            tokenizer = run_tokenizer(cfg, run_dir, resuming)
-            with distributed.main_first(dist):
-                data = spec.load_data(cfg, tokenizer)
-            torch.manual_seed(cfg.train.seed)
-            built = spec.build(cfg, data)
-            requested, cfg = cfg, cfg.model_copy(update={"model": built.model_config})
-            if resuming:
-                check_resolved(run_dir, cfg)
-            if dist.is_main:
-                save_user_config(run_dir, requested)  # what --resume compares: not the values derived above
-                _save_run_files(run_dir, cfg, built, latest_checkpoint(run_dir) if resuming else None)
-            trainer = Trainer(cfg, built.model, built.task, run_dir, dist)
-            result = trainer.fit(resume=resuming)
-            if spec.finish is not None:
-                spec.finish(cfg, data, built, trainer, result)
-            return result
+        return _train(cfg, spec, run_dir, dist, resume)
     except BaseException:
         if dist.is_main and created:
             remove_unstarted(run_dir)
         raise
     finally:
         distributed.teardown()
+
+
+def _train(cfg: RunConfig, spec, run_dir: Path, dist, resume: bool) -> dict:
+    """The body of :func:`run_task`: its own frame, so that the model (and DDP's hold on the process group)
+    is released when it returns, before the process group is torn down."""
+    if dist.is_main:
+        prepare_dir(run_dir)
+    with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():
+        has_checkpoint = _has_intact_checkpoint(run_dir)
+        resuming = resume and has_checkpoint
+        check_start(run_dir, cfg, resume, has_checkpoint)
+        if resume and not resuming and dist.is_main:
+            print(f"warning: --resume: {run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+        if dist.is_main:
+            pin_data(run_dir, cfg, resuming)
+        tokenizer = run_tokenizer(cfg, run_dir, resuming)
+        with distributed.main_first(dist):
+            data = spec.load_data(cfg, tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        built = spec.build(cfg, data)
+        requested, cfg = cfg, cfg.model_copy(update={"model": built.model_config})
+        if resuming:
+            check_resolved(run_dir, cfg)
+        if dist.is_main:
+            save_user_config(run_dir, requested)  # what --resume compares: not the values derived above
+            _save_run_files(run_dir, cfg, built, latest_checkpoint(run_dir) if resuming else None)
+        trainer = Trainer(cfg, built.model, built.task, run_dir, dist)
+        result = trainer.fit(resume=resuming)
+        if spec.finish is not None:
+            spec.finish(cfg, data, built, trainer, result)
+        return result
 
 
 def _save_run_files(run_dir: Path, cfg: RunConfig, built: Built, resumed: Path | None) -> None:
