@@ -42,7 +42,7 @@ train.save_on_signal_after seconds); continue it with --resume."""
 
 def _add_recipe_commands(sub) -> None:
     for name, text in (("train", "train a model from a YAML recipe"),
-                       ("pretrain", "pretrain a BERT from a YAML recipe (task bert_pretraining)"),
+                       ("pretrain", "pretrain from a YAML recipe (task bert_pretraining or mae)"),
                        ("finetune", "fine-tune from model.init (an HF checkpoint or a run) with a YAML recipe")):
         p = sub.add_parser(name, help=text)
         p.add_argument("recipe", help="recipe file, e.g. recipes/bert_small.yaml")
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run to HF transformers format")
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("out_dir", help="new directory for the HF model and tokenizer")
+    p.add_argument("--format", choices=("ViTModel",), default=None,
+                   help="the HF class to write instead of the task's own: ViTModel, the run's ViT encoder alone "
+                        "(an MAE's, a ViT classifier's)")
     p.set_defaults(handler="xformer.commands.on_runs:cmd_export")
     return parser
 

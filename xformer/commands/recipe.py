@@ -20,6 +20,7 @@ from xformer.config import RunConfig, load_yaml
 from xformer.errors import XformerError
 from xformer.tasks import parse_config
 
+PRETRAINING_TASKS = ("bert_pretraining", "mae")  # what ``xformer pretrain`` runs
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -67,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_recipe(args.recipe, args.set)
     if args.out:
         cfg.out_dir = args.out
-    if args.command == "pretrain" and cfg.task != "bert_pretraining":
+    if args.command == "pretrain" and cfg.task not in PRETRAINING_TASKS:
         raise XformerError(f"{args.recipe}: task {cfg.task} is not pretraining; use xformer train")
     if args.command == "finetune" and not _has_init(cfg.model):
         raise XformerError(f"{args.recipe}: finetune needs model.init (hf:<dir or hub id>, a run dir or a checkpoint)")

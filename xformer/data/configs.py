@@ -69,18 +69,24 @@ class SplitDataConfig(Section):
     seed: int = 0
 
 
-class ImageDataConfig(SplitDataConfig):
-    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+class ImagesDataConfig(SplitDataConfig):
+    """Images without labels (MAE pretraining): an HF dataset name, Parquet files with an image column, or a
+    folder of images (flat, or in sub-folders, whose names are ignored); a label column is not read."""
 
     image_column: str | None = Field(None, description="None: auto-detect (img, image, ...)")
-    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
     val_size: int = Field(5000, ge=0)
-    test_source: str | list[str] | None = None
-    test_split: str | None = None
     image_size: int | None = Field(None, gt=0, description="resize to this (square); None: keep (all equal)")
     max_images: int | None = Field(None, gt=0)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+class ImageDataConfig(ImagesDataConfig):
+    """Labelled images: an HF dataset name, Parquet files or an image folder (one sub-folder per class)."""
+
+    label_column: str | None = Field(None, description="None: auto-detect (label, labels, ...)")
+    test_source: str | list[str] | None = None
+    test_split: str | None = None
 
 
 class AugmentConfig(Section):

@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "image_classification": "xformer.tasks.image_classification",
     "contrastive": "xformer.tasks.contrastive",
     "text_classification": "xformer.tasks.text_classification",
+    "mae": "xformer.tasks.mae",
 }
 DEFAULT_TASK = "bert_pretraining"
 

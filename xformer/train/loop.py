@@ -10,8 +10,10 @@ three methods:
   whole micro-batch, so N processes match one with N x batch;
 - ``loss(model, local, norms)``: loss and summed counts for this process's rows ``local``;
 - ``metrics(counts)``: summed counts -> named metrics;
-- optionally ``param_groups(model)`` (what to train, with which decay) and ``evaluate(model)`` (metrics
-  that need the whole validation set at once, e.g. retrieval, added to each evaluation).
+- optionally ``param_groups(model)`` (what to train, with which decay), ``evaluate(model)`` (metrics
+  that need the whole validation set at once, e.g. retrieval, added to each evaluation) and
+  ``snapshot(model, step, out_dir)`` (after each evaluation, on every process; the main one gets the run
+  directory to write into, the others None: e.g. MAE's reconstruction pictures).
 
 The loop delegates to components, each in its own module: the model made ready to train
 (:mod:`~xformer.train.parallel`: attention backend, activation checkpointing, compilation, DDP / FSDP), the
@@ -292,6 +294,8 @@ class Trainer:
     def _log_val(self, step: int) -> dict[str, float]:
         """Evaluate after ``step`` and log the metrics."""
         metrics = self.evaluate()
+        if hasattr(self.task, "snapshot"):  # every process runs the model (it may be sharded); the main one writes
+            self.task.snapshot(self.model, step, self.run_dir if self.dist.is_main else None)
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", **metrics})
             untargeted = bool(no_targets(self.val_counts))  # its NaN metrics were not measured: say so

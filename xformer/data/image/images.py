@@ -1,10 +1,12 @@
-"""Labelled images for classification, decoded once and cached on disk as uint8 arrays.
+"""Labelled images for classification (or images alone, for MAE), decoded once and cached on disk as uint8
+arrays.
 
 A source (``data.source``, ``data.val_source``, ``data.test_source``) is one of:
 
 * Parquet files, folders of them, or globs: an image column of encoded images (HF ``Image``
-  structs ``{bytes, path}``, or raw bytes) and a label column (ints or strings);
-* an image folder with one sub-folder per class (class names: the sorted folder names);
+  structs ``{bytes, path}``, or raw bytes) and a label column (ints or strings; not read for images alone);
+* an image folder with one sub-folder per class (class names: the sorted folder names); for images alone,
+  any folder of images, flat or not (:func:`resolve_images_source`);
 * an HF hub dataset name, loaded with ``datasets.load_dataset(name, split=...)``.
 
 Every image is decoded with PIL, converted to RGB and (with ``data.image_size``) resized, once;
@@ -13,7 +15,7 @@ and mtimes and the settings that change the pixels, so a later run only maps the
 them against the sizes recorded when they were written: a damaged entry is decoded again)::
 
     images.npy  (N, 3, H, W)  uint8
-    labels.npy  (N,)          int64 | str   raw label values, mapped to class indices at load time
+    labels.npy  (N,)          int64 | str   raw label values, mapped to class indices at load time (-1: images alone)
                 (N, K)        str           or up to K captions per image (see :mod:`xformer.data.image.captions`)
     meta.json                 class names (when the source names them), where it came from
 """
@@ -31,11 +33,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from xformer.data.configs import ImageDataConfig
+from xformer.data.configs import ImageDataConfig, ImagesDataConfig
 from xformer.data.cache import DamagedCacheError, default_cache_dir, discard_entry, log, open_entry, publish_dir
 from xformer.data.image.sources import RowReader, decode_image, open_rows
 from xformer.data.labels import class_label, require_two_classes
-from xformer.data.readers import IMAGE_TABLE_SUFFIXES
+from xformer.data.readers import IMAGE_SUFFIXES, IMAGE_TABLE_SUFFIXES
 from xformer.data.sources import Source, at_split, resolve
 from xformer.errors import XformerError
 
@@ -49,22 +51,38 @@ def resolve_image_source(source: str | list[str], key: str, split: str) -> Sourc
     return resolve(source, key, IMAGE_TABLE_SUFFIXES, split, image_folder=True)
 
 
+def resolve_images_source(source: str | list[str], key: str, split: str) -> Source:
+    """As :func:`resolve_image_source`, for images alone: a lone folder holding no Parquet files is every
+    image under it (flat, or in sub-folders whose names are not read), in path order."""
+    path = Path(source).expanduser() if isinstance(source, str) else None
+    if path is None or not path.is_dir() or any(p.suffix.lower() in IMAGE_TABLE_SUFFIXES for p in path.rglob("*")):
+        return resolve_image_source(source, key, split)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise XformerError(f"{key} {source!r}: folder has no images ({', '.join(IMAGE_SUFFIXES)}) and no "
+                           f"{'/'.join(IMAGE_TABLE_SUFFIXES)} files")
+    return Source(key, "folder", files, name=str(path))
+
+
 # ----------------------------------------------------------------------------- datasets
 
 
 class ImageDataset:
-    """Images (N, C, H, W) uint8 and their class indices (N,) int64, on the CPU."""
+    """Images (N, C, H, W) uint8 and their class indices (N,) int64 (None: images alone), on the CPU."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None):
         self.images = images
         self.labels = labels
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """``{"pixel_values": (B, C, H, W) uint8, "labels": (B,) int64}`` for the rows ``indices``."""
+        """``{"pixel_values": (B, C, H, W) uint8, "labels": (B,) int64}`` for the rows ``indices`` (no
+        ``labels`` for images alone)."""
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))  # (B,)
+        if self.labels is None:
+            return {"pixel_values": self.images[idx]}
         return {"pixel_values": self.images[idx], "labels": self.labels[idx]}
 
 
@@ -105,7 +123,8 @@ def _label_array(labels: list, captions: bool) -> np.ndarray:
 
 def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: bool) -> None:
     """Decode every row of ``reader`` into ``path``/{images,labels}.npy and meta.json; labels are checked
-    class labels, or with ``captions`` the caption text (a missing caption is "")."""
+    class labels, or with ``captions`` the caption text (a missing caption is ""), or -1 when ``reader``
+    reads images alone (no label column)."""
     images = None
     labels = []
     first = ""
@@ -113,7 +132,8 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: 
     for i, (where, payload, label) in enumerate(rows):
         if payload is None:
             raise XformerError(f"{where}: no image")
-        labels.append(_caption(label, where, reader.label_column) if captions else class_label(label, where))
+        if reader.label_column is not None:
+            labels.append(_caption(label, where, reader.label_column) if captions else class_label(label, where))
         try:
             pixels = decode_image(payload, image_size)  # (H, W, 3)
         except DECODE_ERRORS as err:
@@ -131,16 +151,17 @@ def _decode_to(path: Path, reader: RowReader, image_size: int | None, captions: 
     assert images is not None, "callers check that the source has rows"
     images.flush()
     del images
-    np.save(path / "labels.npy", _label_array(labels, captions))
+    unlabelled = np.full(reader.count, -1, np.int64)
+    np.save(path / "labels.npy", _label_array(labels, captions) if reader.label_column is not None else unlabelled)
     (path / "meta.json").write_text(json.dumps({"count": reader.count, "class_names": reader.class_names}, indent=2))
 
 
 def load_source(
-    src: Source, cfg: ImageDataConfig, root: Path, captions: bool = False
+    src: Source, cfg: ImagesDataConfig, root: Path, captions: bool = False, labelled: bool = True
 ) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
     """(images (N, 3, H, W) uint8, raw labels (N,) or captions, class names or None) of a source, via the cache;
-    a damaged cache entry is decoded again."""
-    reader = open_rows(src, cfg, cfg.max_images)
+    a damaged cache entry is decoded again. Not ``labelled``: the image column alone, labels all -1."""
+    reader = open_rows(src, cfg, cfg.max_images, labelled)
     if reader.count == 0:
         raise XformerError(f"{src.key} {src.described!r}: no images")
     settings = [FORMAT_VERSION, reader.identity, cfg.image_size, cfg.max_images]
@@ -158,7 +179,7 @@ def load_source(
                 raise
             log(f"warning: cache entry {path} is damaged ({err.reason}): decoding it again")
             discard_entry(path, err.reason)
-            reader = open_rows(src, cfg, cfg.max_images)  # the rows may have been read: fresh ones
+            reader = open_rows(src, cfg, cfg.max_images, labelled)  # the rows may have been read: fresh ones
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
@@ -286,3 +307,30 @@ def _other_split(
             f"set data.image_size"
         )
     return ImageDataset(images, _class_indices(raw, names, classes, train_named, src.key))
+
+
+def load_images(cfg: ImagesDataConfig, cache_dir: Path | None = None) -> ImageData:
+    """Training and validation images alone (no labels, no class names; a label column or class sub-folders
+    are not read), decoded once and then cached. The validation images are ``val_source`` (or ``val_split``
+    of a dataset name), else ``val_size`` images held out of the training source (seeded with ``cfg.seed``);
+    every image has the first training image's size."""
+    if cfg.source is None:
+        raise XformerError("data.source is required: Parquet files/globs, a folder of images or an HF dataset name")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(cfg)
+    train_src = resolve_images_source(cfg.source, "data.source", cfg.split)
+    images = load_source(train_src, cfg, root, labelled=False)[0]
+    val = None
+    if cfg.val_source is not None or cfg.val_split is not None:
+        split = cfg.val_split or "validation"
+        key = "data.val_source" if cfg.val_source is not None else "data.val_split"
+        source = cfg.val_source if cfg.val_source is not None else at_split(cfg.source, split, key)
+        val = load_source(resolve_images_source(source, key, split), cfg, root, labelled=False)[0]
+        if val.shape[1:] != images.shape[1:]:
+            raise XformerError(f"{key}: images are {tuple(val.shape[1:])} but training images are "
+                               f"{tuple(images.shape[1:])}; set data.image_size")
+    elif cfg.val_size:
+        train_rows, val_rows = split_off(len(images), cfg.val_size, cfg.seed, train_src.key)
+        images, val = images[torch.from_numpy(train_rows)], images[torch.from_numpy(val_rows)]
+    log(f"images: train {len(images)}" + (f", val {len(val)}" if val is not None else "")
+        + f"; {tuple(images.shape[1:])} each, no labels")
+    return ImageData(ImageDataset(images, None), ImageDataset(val, None) if val is not None else None, None, [])

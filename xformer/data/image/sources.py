@@ -1,4 +1,4 @@
-"""Rows of a labelled image source: Parquet files, an image folder or an HF hub dataset.
+"""Rows of an image source, labelled or not: Parquet files, an image folder or an HF hub dataset.
 
 Detects the image and label columns, takes class names from what the source records (HF ``ClassLabel``
 metadata, an image folder's sub-folders), and yields rows of (where, encoded image, raw label) for
@@ -27,9 +27,9 @@ EXAMPLE_PARQUET = "../shared/data/cifar10/train.parquet"
 # ----------------------------------------------------------------------------- columns
 
 
-def _pick_columns(reader: Reader, cfg: ImageDataConfig) -> tuple[str, str]:
+def _pick_columns(reader: Reader, cfg: ImageDataConfig, labelled: bool = True) -> tuple[str, str | None]:
     """The (image, label) columns: the configured ones, else auto-detected (an image column by name,
-    else the first column of encoded images)."""
+    else the first column of encoded images); the label None when not ``labelled`` (images alone)."""
     names, typed = reader.columns, reader.image_columns
     image = reader.pick(cfg.image_column, IMAGE_COLUMNS + tuple(n for n in names if n in typed), "image_column")
     if image not in typed:
@@ -37,7 +37,7 @@ def _pick_columns(reader: Reader, cfg: ImageDataConfig) -> tuple[str, str]:
             f"{reader.where}: column {image!r} does not hold encoded images ({{bytes, path}} structs or bytes); "
             f"set data.image_column (columns: {', '.join(names)})"
         )
-    return image, reader.pick(cfg.label_column, LABEL_COLUMNS, "label_column")
+    return image, reader.pick(cfg.label_column, LABEL_COLUMNS, "label_column") if labelled else None
 
 
 # ----------------------------------------------------------------------------- rows
@@ -50,8 +50,8 @@ class RowReader:
     identity: list
     count: int
     class_names: list[str] | None
-    rows: Iterator[tuple[str, bytes | str, object]]  # (where, encoded image or path, label)
-    label_column: str = "label"  # for messages
+    rows: Iterator[tuple[str, bytes | str, object]]  # (where, encoded image or path, label or None)
+    label_column: str | None = "label"  # for messages; None: images alone
 
 
 def _payload(value: dict | bytes | str | None) -> bytes | str | None:
@@ -61,34 +61,40 @@ def _payload(value: dict | bytes | str | None) -> bytes | str | None:
 
 
 def _rows(
-    readers: list[Reader], image: str, label: str, limit: int | None
+    readers: list[Reader], image: str, label: str | None, limit: int | None
 ) -> Iterator[tuple[str, bytes | str, object]]:
-    """(where, encoded image or path, raw label) of the first ``limit`` rows of ``readers``, in order."""
+    """(where, encoded image or path, raw label or None without ``label``) of the first ``limit`` rows of
+    ``readers``, in order."""
     done = 0
+    columns = [image] if label is None else [image, label]
     for reader in readers:
         left = None if limit is None else limit - done
         if left == 0:
             return
         row = 0
-        for batch in reader.batches([image, label], 0, left):
-            for value, y in zip(batch[image], batch[label]):
+        for batch in reader.batches(columns, 0, left):
+            labels = batch[label] if label is not None else [None] * len(batch[image])
+            for value, y in zip(batch[image], labels):
                 yield f"{reader.where} row {row}", _payload(value), y
                 row, done = row + 1, done + 1
 
 
-def open_rows(src: Source, cfg: ImageDataConfig, limit: int | None) -> RowReader:
+def open_rows(src: Source, cfg: ImageDataConfig, limit: int | None, labelled: bool = True) -> RowReader:
     """The rows of ``src``: (where, encoded image, raw label), at most ``limit``; every file of it must
-    have the image and label columns found in the first."""
+    have the image and label columns found in the first. Not ``labelled``: the image column alone is read
+    (a label column, if any, is ignored) and each row's label is None."""
     readers = open_readers(src, EXAMPLE_PARQUET)
-    image, label = _pick_columns(readers[0], cfg)
+    image, label = _pick_columns(readers[0], cfg, labelled)
+    columns = [c for c in (image, label) if c is not None]
     for reader in readers[1:]:
-        missing = [c for c in (image, label) if c not in reader.columns]
+        missing = [c for c in columns if c not in reader.columns]
         if missing:
             raise XformerError(f"{reader.where}: no column {missing[0]!r} (columns: {', '.join(reader.columns)})")
     count = sum(reader.count(limit) for reader in readers)
-    identity = [reader.identity for reader in readers] + [image, label]
+    identity = [reader.identity for reader in readers] + columns
     rows = _rows(readers, image, label, limit)
-    return RowReader(identity, min(count, limit or count), readers[0].class_names(label), rows, label)
+    names = readers[0].class_names(label) if label is not None else None
+    return RowReader(identity, min(count, limit or count), names, rows, label)
 
 
 # ----------------------------------------------------------------------------- decoding
