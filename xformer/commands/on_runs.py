@@ -80,7 +80,16 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """``xformer export RUN OUT``: the task's HF export."""
+    """``xformer export RUN OUT``: the task's HF export; ``--format ViTModel``: the run's ViT encoder alone."""
+    if args.format == "ViTModel":
+        from xformer.interop.hf_vit import export_vit_encoder
+        from xformer.trained.loading import load
+
+        model = load(args.run_dir)
+        print(f"exporting the encoder of {args.run_dir} to {args.out_dir} ...", file=sys.stderr)
+        export_vit_encoder(model, Path(args.out_dir))
+        print(f"exported the encoder of {args.run_dir} to {args.out_dir} (transformers.ViTModel format)")
+        return
     spec = run_spec(args.run_dir)
     if spec is None or spec.export is None:
         what = "an HF directory" if spec is None else f"{spec.name} runs"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch import nn
 
 from xformer.errors import XformerError
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
@@ -68,23 +69,13 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> ViTConfig:
     )
 
 
-def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transformers.ViTConfig:
-    """The HF ``ViTConfig`` (architecture ``ViTForImageClassification``) for our config.
-
-    ``class_names`` become ``id2label``. Raises XformerError for what HF ViT cannot express: post-LN
-    blocks, mean pooling, an unset number of classes, or class names of another count.
-    """
+def encoder_config_to_hf(cfg: ViTConfig, **fields) -> transformers.ViTConfig:
+    """The HF ``ViTConfig`` of our encoder, with ``fields`` added (architecture ``ViTModel`` unless they say
+    otherwise); XformerError for what HF ViT cannot express: post-LN blocks, the modern encoder options,
+    a norm before the encoder (``pre_norm``)."""
     if not cfg.norm_first:
         raise XformerError("a post-LN ViT (model.norm_first=false) has no HF transformers equivalent")
-    refuse_options({"model": cfg}, PRE_LN_OPTIONS, "ViT")
-    if cfg.pool != "cls":
-        raise XformerError(f"HF ViTForImageClassification classifies the [CLS] token; model.pool={cfg.pool!r} "
-                           "cannot be exported")
-    if cfg.num_classes is None:
-        raise XformerError("model.num_classes must be set to convert the config to HF")
-    if class_names is not None and len(class_names) != cfg.num_classes:
-        raise XformerError(f"{len(class_names)} class names for a model with {cfg.num_classes} classes")
-    names = class_names if class_names is not None else [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    refuse_options({"model": cfg}, {**PRE_LN_OPTIONS, "pre_norm": (False,)}, "ViT")
     return transformers.ViTConfig(
         **encoder_fields_to_hf(cfg),
         image_size=cfg.image_size,
@@ -92,6 +83,31 @@ def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transf
         num_channels=cfg.in_channels,
         qkv_bias=cfg.qkv_bias,
         encoder_stride=cfg.patch_size,
+        **{"architectures": ["ViTModel"], **fields},
+    )
+
+
+def config_to_hf(cfg: ViTConfig, class_names: list[str] | None = None) -> transformers.ViTConfig:
+    """The HF ``ViTConfig`` (architecture ``ViTForImageClassification``) for our config.
+
+    ``class_names`` become ``id2label``. Raises XformerError for what HF ViT cannot express (see
+    :func:`encoder_config_to_hf`), a head it lacks (mean pooling, a norm before the head), an unset number
+    of classes, or class names of another count.
+    """
+    if cfg.pool != "cls":
+        raise XformerError(f"HF ViTForImageClassification classifies the [CLS] token; model.pool={cfg.pool!r} "
+                           "cannot be exported (export the encoder alone: --format ViTModel)")
+    if cfg.head_norm != "none":
+        raise XformerError(f"HF ViTForImageClassification has no norm before its classifier; "
+                           f"model.head_norm={cfg.head_norm!r} cannot be exported (export the encoder alone: "
+                           f"--format ViTModel)")
+    if cfg.num_classes is None:
+        raise XformerError("model.num_classes must be set to convert the config to HF")
+    if class_names is not None and len(class_names) != cfg.num_classes:
+        raise XformerError(f"{len(class_names)} class names for a model with {cfg.num_classes} classes")
+    names = class_names if class_names is not None else [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    return encoder_config_to_hf(
+        cfg,
         id2label={i: str(name) for i, name in enumerate(names)},
         label2id={str(name): i for i, name in enumerate(names)},
         architectures=["ViTForImageClassification"],
@@ -162,10 +178,11 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ViTConfig) -> dic
     return out
 
 
-def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig, head: bool = True) -> dict[str, torch.Tensor]:
     """Convert our :class:`ViTForImageClassification` state dict to HF hub keys, which load strictly
-    into ``transformers.ViTForImageClassification`` (through ``from_pretrained``)."""
-    out = {hf: state[ours] for ours, hf in _backbone_keys(cfg) + _HEAD_KEYS}
+    into ``transformers.ViTForImageClassification`` (through ``from_pretrained``); ``head=False``: the
+    backbone's alone (``vit.*``, what a ``ViTModel`` holds under its base-model prefix)."""
+    out = {hf: state[ours] for ours, hf in _backbone_keys(cfg) + (_HEAD_KEYS if head else [])}
     split_qkv(state, cfg, _qkv_keys, out, zero_bias=False)
     return out
 
@@ -223,3 +240,19 @@ def export_vit(model: ViTForImageClassification, out_dir: str | Path,
         raise XformerError(f"export_vit expects an xformer ViTForImageClassification, got {type(model).__name__}")
     hf_config = config_to_hf(model.config, class_names)
     return write_hf_dir(out_dir, hf_config, state_dict_to_hf(model.state_dict(), model.config))
+
+
+def export_vit_encoder(model: nn.Module, out_dir: str | Path) -> Path:
+    """Write the ViT encoder of ``model`` (our :class:`ViTModel`, or the ``vit`` of a ViT classifier or of
+    an MAE) as an HF ``ViTModel`` directory; returns its path.
+
+    ``transformers.ViTModel.from_pretrained`` gives the same ``last_hidden_state`` on the same image; HF
+    adds its pooler (a dense layer ours lacks), freshly initialised, to ``pooler_output``. Written as
+    :func:`export_vit`; XformerError for a model without a ViT encoder.
+    """
+    encoder = model if isinstance(model, ViTModel) else getattr(model, "vit", None)
+    if not isinstance(encoder, ViTModel):
+        raise XformerError(f"a {type(model).__name__} has no ViT encoder to export as transformers.ViTModel")
+    state = state_dict_to_hf({f"vit.{k}": v for k, v in encoder.state_dict().items()}, encoder.config, head=False)
+    return write_hf_dir(out_dir, encoder_config_to_hf(encoder.config),
+                        {k.removeprefix("vit."): v for k, v in state.items()})

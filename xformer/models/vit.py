@@ -22,7 +22,11 @@ class ViTConfig(EncoderConfig):
     patch_size: int = Field(16, gt=0)
     in_channels: int = Field(3, gt=0)
     num_classes: int | None = Field(None, gt=0, description="None: taken from the data")
-    pool: Literal["cls", "mean"] = "cls"
+    pool: Literal["cls", "mean"] = Field("cls", description="classify the [CLS] token, or the mean of the patch "
+                                         "tokens (MAE's global pooling)")
+    head_norm: Literal["none", "layer", "batch"] = Field(
+        "none", description="a norm on the pooled token before the linear head: layer (MAE fine-tuning's fc_norm) "
+        "or batch (BatchNorm without affine, MAE's linear probe)")
     pre_norm: bool = Field(False, description="LayerNorm on the embedded tokens before the encoder (CLIP)")
     patch_bias: bool = True
     norm_first: bool = True
@@ -32,7 +36,8 @@ class ViTConfig(EncoderConfig):
     init_std: float = 0.02
     init: str | None = Field(None, description="hf:<dir or hub id>, a run dir or a checkpoint")
 
-    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool"}
+    runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool",
+                                                                        "head_norm"}
     starts_from: ClassVar[str] = "vit"  # the architecture whose checkpoints ``init`` may name
 
     @model_validator(mode="after")
@@ -98,16 +103,31 @@ class ViTModel(nn.Module):
         return ViTOutput(last_hidden_state=x, pooler_output=pooled)
 
 
+def head_norm(cfg: ViTConfig) -> nn.Module:
+    """The norm between the pooled token and the linear head that ``cfg.head_norm`` names.
+
+    MAE's recipes: fine-tuning pools the patch tokens and normalises them with a LayerNorm (its
+    ``fc_norm``); the linear probe puts a BatchNorm without affine (eps 1e-6) before the linear head.
+    MAE's fine-tuning also drops the encoder's final norm when it pools; ours keeps it (the encoder is the
+    pretrained one whole, and exports as such), so ``pool: mean`` + ``head_norm: layer`` normalises twice.
+    """
+    if cfg.head_norm == "layer":
+        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+    if cfg.head_norm == "batch":
+        return nn.BatchNorm1d(cfg.dim, affine=False, eps=1e-6)
+    return nn.Identity()
+
+
 class ViTForImageClassification(nn.Module):
-    """ViT with a linear head on the pooled token.
+    """ViT with a linear head on the pooled token (after ``head_norm``, when the config asks for one).
 
     Parameter names follow layers: ``vit.embeddings.*`` (layer 0), ``vit.encoder.blocks.{i}.*``
-    (layer i+1), then ``vit.encoder.norm.*`` and ``head.*`` (layer depth+1), which is what
-    layer-wise learning-rate decay and freezing key on.
+    (layer i+1), then ``vit.encoder.norm.*``, ``head_norm.*`` and ``head.*`` (layer depth+1), which is
+    what layer-wise learning-rate decay and freezing key on.
     """
 
     backbone_prefix = "vit."  # where an init finds the backbone (see xformer.trained.init)
-    head_prefixes = ("head.",)  # what may start fresh when the backbone comes from a checkpoint
+    head_prefixes = ("head_norm.", "head.")  # what may start fresh when the backbone comes from a checkpoint
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -115,6 +135,7 @@ class ViTForImageClassification(nn.Module):
             raise ValueError("ViTConfig.num_classes must be set (it is taken from the data)")
         self.config = cfg
         self.vit = ViTModel(cfg)
+        self.head_norm = head_norm(cfg)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         init_weights(self.head, cfg.init_std)
 
@@ -125,4 +146,5 @@ class ViTForImageClassification(nn.Module):
     def forward(self, pixel_values: torch.Tensor,
                 interpolate_pos_encoding: bool | None = None) -> ImageClassifierOutput:
         out = self.vit(pixel_values, interpolate_pos_encoding)
-        return ImageClassifierOutput(logits=self.head(out.pooler_output), last_hidden_state=out.last_hidden_state)
+        logits = self.head(self.head_norm(out.pooler_output))  # (B, D) -> (B, K)
+        return ImageClassifierOutput(logits=logits, last_hidden_state=out.last_hidden_state)

@@ -23,14 +23,27 @@ class FinetuneConfig(Section):
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """Each parameter's depth for layer-wise LR decay and freezing: 0 for the input embeddings, i + 1 for
-    block i (or backbone stage i), ``L + 1`` for what follows (final norm, head); returns (ids, L)."""
+    block i (or backbone stage i), ``L + 1`` for what follows (final norm, pooler, head); returns (ids, L).
+
+    A transformer is read through its backbone (``backbone_prefix``: ``vit.``, ``bert.``) and the blocks of
+    its encoder (``encoder.blocks.{i}``), so ViT, MAE and BERT models are numbered alike: what the backbone
+    holds outside its encoder and heads (embeddings, ViT's ``norm_pre``) is 0.
+    """
     names = [n for n, _ in model.named_parameters()]
-    if hasattr(model, "vit"):  # ours: vit.embeddings, vit.encoder.blocks.{i}, the rest
-        depth = len(model.vit.encoder.blocks)
+    prefix = getattr(type(model), "backbone_prefix", "")
+    blocks = f"{prefix}encoder.blocks"
+    backbone = model.get_submodule(prefix.rstrip(".")) if prefix else model
+    if isinstance(getattr(backbone, "encoder", None), nn.Module):
+        depth = len(model.get_submodule(blocks))
+        after = (f"{prefix}encoder.", *head_prefixes(model))  # the final norm, a pooler: with the head
         ids = {}
         for n in names:
-            block = re.match(r"vit\.encoder\.blocks\.(\d+)\.", n)
-            ids[n] = 0 if n.startswith(("vit.embeddings.", "vit.norm_pre.")) else int(block[1]) + 1 if block else depth + 1
+            if block := re.match(re.escape(blocks) + r"\.(\d+)\.", n):
+                ids[n] = int(block[1]) + 1
+            elif n.startswith(prefix) and not n.startswith(after):
+                ids[n] = 0
+            else:
+                ids[n] = depth + 1
         return ids, depth
     if hasattr(model, "backbone_stages"):  # the CNN, an HF image classifier: stages of the backbone
         stages = model.backbone_stages()
@@ -43,8 +56,16 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
                        f"or stages, not {type(model).__name__}")
 
 
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Where the model keeps its head (``head_prefixes``: ``head.``, and ViT's ``head_norm.``)."""
+    return tuple(getattr(model, "head_prefixes", ()))
+
+
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The classification head's parameters (every image model has a ``head`` module)."""
+    """The classification head's parameters: those under the model's ``head_prefixes`` (a ViT's head norm
+    and linear head), else its ``head`` module's (every image model has one)."""
+    if prefixes := head_prefixes(model):
+        return [p for n, p in model.named_parameters() if n.startswith(prefixes)]
     return list(model.head.parameters())
 
 

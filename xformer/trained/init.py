@@ -103,16 +103,50 @@ def load_weights(target: nn.Module, source: nn.Module, what: str) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in fresh})
 
 
+def check_sizes(recipe: Section, source: Section, key: str = "model") -> None:
+    """An init that takes the encoder out of a run of another architecture (an MAE's into a ViT classifier)
+    builds the model the recipe describes: every architecture key the recipe sets (dim, depth, num_heads,
+    patch_size, image_size, ...) must be the source's; XformerError naming both values otherwise. (An init
+    from the config's own family takes its architecture from the checkpoint, whatever the recipe says.)"""
+    own = (getattr(recipe, "arch", None), getattr(type(recipe), "starts_from", None))
+    if getattr(source, "arch", None) in own:
+        return
+    keys = [k for k in type(recipe).model_fields if k in recipe.model_fields_set - recipe.runtime_keys - {"arch"}]
+    differ = [k for k in keys if k in type(source).model_fields and getattr(recipe, k) != getattr(source, k)]
+    if differ:
+        both = "; ".join(f"{key}.{k}: the run's {getattr(source, k)}, the recipe's {getattr(recipe, k)}"
+                         for k in differ)
+        raise XformerError(f"{key}.init={recipe.init}: the {architecture(source.arch).title} run's encoder has "
+                           f"another size ({both}); set the recipe's to the run's or leave them out")
+
+
+def left_behind(target: nn.Module, source: nn.Module) -> list[str]:
+    """The heads of ``source`` (its ``head_prefixes``: an MAE's decoder, a BERT's MLM head) that ``target``
+    has no place for, with their tensor counts."""
+    sp, tp = backbone_prefix(source), backbone_prefix(target)
+    names = {k[len(tp):] if k.startswith(tp) else k for k in target.state_dict()}
+    left = {}
+    for k in source.state_dict():
+        head = next((h for h in getattr(source, "head_prefixes", ()) if k.startswith(h)), None)
+        if head is not None and (k[len(sp):] if sp and k.startswith(sp) else k) not in names:
+            left[head.rstrip(".")] = left.get(head.rstrip("."), 0) + 1
+    return [f"{head} ({n} tensors)" for head, n in left.items()]
+
+
 def init_from(cfg: Section, key: str = "model") -> tuple[nn.Module, Section]:
     """The model for ``cfg`` and its resolved config: fresh, or from ``cfg.init`` (see the module doc).
     A config that starts from no architecture (``arch: hf_image``) loads its own checkpoint."""
     if getattr(cfg, "init", None) is None or getattr(type(cfg), "starts_from", None) is None:
         return build_model(cfg), cfg
     source = load_source(cfg.init, cfg, f"{key}.init")
+    check_sizes(cfg, source.config, key)
     resolved = merge_config(cfg, source.config)
     model = build_model(resolved)
     fresh = load_weights(model, source, f"{key}.init={cfg.init}")
     if fresh:
         print(f"[init] {cfg.init}: not in the checkpoint (or another shape), starting fresh: {', '.join(fresh)}",
+              file=sys.stderr)
+    if left := left_behind(model, source):
+        print(f"[init] {cfg.init}: left behind, a {type(model).__name__} has no place for them: {', '.join(left)}",
               file=sys.stderr)
     return model.train(), resolved
