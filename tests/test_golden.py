@@ -103,6 +103,14 @@ def text_args(tmp_path):
             "model.num_heads=2", "model.max_position=16", "train.batch_size=16", "train.epochs=null"]
 
 
+def mae_args(tmp_path):
+    path = tmp_path / "images.parquet"  # an image column alone
+    pq.write_table(pa.table({"image": [png(list(COLOURS.values())[i % 4], 200 + i) for i in range(96)]}), path)
+    return ["task=mae", f"data.source={path}", "data.val_size=16", "model.image_size=16", "model.patch_size=4",
+            "model.dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=16", "model.decoder_depth=1",
+            "model.decoder_num_heads=2", "model.norm_pix_loss=true", "train.batch_size=16", "train.epochs=null"]
+
+
 CASES = {
     "bert_mlm_nsp": lambda p: bert_args(p),
     "bert_mlm_modern": lambda p: bert_args(p, "data.objective=mlm", "data.document_mask=true", "data.mlm_prob=0.3",
@@ -114,6 +122,7 @@ CASES = {
     "cnn": lambda p: image_args(p, "model.arch=cnn", "model.channels=[8,16,16]", "model.hidden=32"),
     "clip": clip_args,
     "text_classification": text_args,
+    "mae": mae_args,
 }
 
 

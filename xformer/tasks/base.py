@@ -34,9 +34,10 @@ class Task(Protocol):
     Optional, used when present: ``param_groups(model) -> list[dict]`` (what to train, with which weight
     decay and LR scale), ``evaluate(model) -> dict`` (metrics that need the whole validation set at once,
     e.g. retrieval), ``snapshot(model, step, out_dir)`` (after each evaluation, on every process; ``out_dir``
-    is the run directory on the main process, None on the others: pictures of the model's work), and ``local_rows = True`` when ``prepare`` also takes ``rows=(offset, total)`` (random
-    draws made for a whole micro-batch of ``total`` rows, sliced from ``offset``) and the training data has
-    ``seq_len(indices)`` and ``batch(indices, seq_len=...)``: each process then reads only its own rows.
+    is the run directory on the main process, None on the others: pictures of the model's work), and
+    ``local_rows = True`` when ``prepare`` also takes ``rows=(offset, total)`` (random draws made for a whole
+    micro-batch of ``total`` rows, sliced from ``offset``) and the training data has ``seq_len(indices)`` and
+    ``batch(indices, seq_len=...)``: each process then reads only its own rows.
     """
 
     train_data: Dataset
