@@ -6,43 +6,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
-from tests.helpers import randomize
 from tests.test_classify import image_config, losses, make_images
 from xformer.commands.cli import main
-from xformer.config import RunConfig, save_config
+from xformer.config import TrainConfig
 from xformer.errors import XformerError
+from xformer.interop.hf_vit import export_vit
 from xformer.models.bert import BertClassifierConfig, BertForSequenceClassification
 from xformer.models.vit import ViTConfig, ViTForImageClassification
-from xformer.models.vit_mae import ViTMAEConfig, ViTMAEForPreTraining
+from xformer.tasks import read_run_config
 from xformer.tasks import run as train_classifier
-from xformer.train.checkpoint import latest_checkpoint, save_checkpoint
+from xformer.train.checkpoint import latest_checkpoint
 from xformer.train.finetune import FinetuneConfig, finetune_param_groups
 from xformer.train.optimizer import build_optimizer
-from xformer.config import TrainConfig
 from xformer.trained.init import init_from
+from xformer.trained.loading import load
 
-ENCODER = dict(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2)
-
-
-class MAERun(RunConfig):
-    """What an MAE run's config.yaml holds that loading reads: its model section."""
-
-    task: str = "mae"
-    model: ViTMAEConfig
+TINY = ["model.image_size=16", "model.patch_size=4", "model.dim=32", "model.depth=2", "model.num_heads=2",
+        "model.mlp_ratio=2"]
+RUN = ["train.batch_size=16", "train.warmup_steps=2", "train.epochs=null", "train.eval_batches=null",
+       "train.log_every=1", "train.progress=false", "train.device=cpu"]
 
 
-@pytest.fixture(scope="module")
-def mae_run(tmp_path_factory):
-    """A run directory of a small MAE (random weights, written as the trainer writes its checkpoints)."""
-    model = randomize(ViTMAEForPreTraining(ViTMAEConfig(**ENCODER, decoder_dim=16, decoder_depth=1,
-                                                        decoder_num_heads=2, attn_backend="math")))
-    run = tmp_path_factory.mktemp("mae") / "run"
-    cfg = MAERun(model=model.config)
-    save_checkpoint(run, 1, model, cfg, {"step": 1}, keep_last=1)
-    save_config(cfg, run / "config.yaml")
-    return run, model
+def sets(*overrides: str) -> list[str]:
+    return [f"--set={o}" for o in overrides]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +40,17 @@ def image_parquet(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "train.parquet"
     pq.write_table(pa.table({"img": images, "label": labels}), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def mae_run(image_parquet, tmp_path_factory):
+    """A tiny ``xformer pretrain recipes/mae_cifar.yaml`` run (the labels unread) and its model."""
+    root = tmp_path_factory.mktemp("mae")
+    assert main(["pretrain", "recipes/mae_cifar.yaml", *sets(
+        f"data.source={image_parquet}", f"data.cache_dir={root / 'cache'}", f"out_dir={root / 'run'}", *TINY, *RUN,
+        "model.decoder_dim=16", "model.decoder_depth=1", "model.decoder_num_heads=2", "data.val_size=16",
+        "train.max_steps=3", "train.eval_every=3", "train.save_every=3", "eval.pictures=0")]) == 0
+    return root / "run", load(root / "run", attn_backend="math")
 
 
 def test_init_takes_the_encoder_and_leaves_the_decoder_behind(mae_run, capsys):
@@ -73,13 +73,14 @@ def test_init_takes_the_encoder_and_leaves_the_decoder_behind(mae_run, capsys):
 
 def test_an_encoder_of_another_size_is_one_error_line(mae_run, image_parquet, tmp_path, capsys):
     run, _ = mae_run
-    with pytest.raises(XformerError, match="model.dim: the run's 32, the recipe's 64; model.depth: the run's 2, the recipe's 3"):
+    both = "model.dim: the run's 32, the recipe's 64; model.depth: the run's 2, the recipe's 3"
+    with pytest.raises(XformerError, match=both):
         init_from(ViTConfig(init=str(run), num_classes=3, dim=64, depth=3, patch_size=4))
     recipe = tmp_path / "finetune.yaml"
     recipe.write_text(f"task: image_classification\nmodel: {{init: {run}, image_size: 32, patch_size: 4}}\n")
-    args = [f"data.source={image_parquet}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=40",
-            "train.device=cpu", "train.max_steps=2"]
-    assert main(["train", str(recipe), "--out", str(tmp_path / "x"), *[a for s in args for a in ("--set", s)]]) == 2
+    assert main(["train", str(recipe), "--out", str(tmp_path / "x"), *sets(
+        f"data.source={image_parquet}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=40",
+        "train.device=cpu", "train.max_steps=2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # [data] progress lines, then the error
     assert [line for line in err if line.startswith("error: ")] == err[-1:] and "Traceback" not in "".join(err)
     assert "model.image_size: the run's 16, the recipe's 32" in err[-1], err
@@ -124,7 +125,6 @@ def test_linear_probe_leaves_the_encoder_as_it_was(mae_run, image_parquet, tmp_p
 
 
 def test_the_encoder_exports_as_hf_vit_model(mae_run, tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
     run, mae = mae_run
     assert main(["export", str(run), str(tmp_path / "hf"), "--format", "ViTModel"]) == 0
     assert "transformers.ViTModel" in capsys.readouterr().out
@@ -136,11 +136,26 @@ def test_the_encoder_exports_as_hf_vit_model(mae_run, tmp_path, capsys):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
 
 
-def test_a_pooled_or_normed_head_is_refused_by_the_classifier_export(mae_run, tmp_path, capsys):
-    from xformer.interop.hf_vit import export_vit
-
+def test_the_finetune_recipe_trains_from_the_run_and_exports_its_encoder(mae_run, image_parquet, tmp_path, capsys):
     run, _ = mae_run
-    for change in ({"pool": "mean"}, {"head_norm": "batch"}):
-        model, _ = init_from(ViTConfig(init=str(run), num_classes=3, **change))
-        with pytest.raises(XformerError, match=f"model.{next(iter(change))}=.*--format ViTModel"):
-            export_vit(model, tmp_path / "x")
+    out = tmp_path / "ft"
+    assert main(["train", "recipes/vit_finetune_mae.yaml", *sets(
+        f"model.init={run}", f"data.source={image_parquet}", f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={out}",
+        *TINY, *RUN, "data.val_size=40", "train.max_steps=4", "train.eval_every=4", "train.save_every=4")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("left behind") == 1 and "decoder (" in err
+    saved = read_run_config(out).model
+    assert (saved.pool, saved.head_norm, saved.init, saved.dim) == ("mean", "layer", str(run), 32)
+    # its head has no HF ViTForImageClassification equivalent: one line naming the way out
+    assert main(["export", str(out), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "model.pool='mean'" in err[-1] and "--format ViTModel" in err[-1], err
+    assert main(["export", str(out), str(tmp_path / "hf"), "--format", "ViTModel"]) == 0
+    trained = load(out, attn_backend="math")
+    hf = transformers.ViTModel.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).last_hidden_state, trained.vit(x).last_hidden_state,
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(XformerError, match="model.head_norm='batch'.*--format ViTModel"):
+        export_vit(init_from(ViTConfig(init=str(run), num_classes=3, head_norm="batch"))[0], tmp_path / "x")
