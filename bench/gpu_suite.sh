@@ -18,19 +18,23 @@
 #            run as in the recipe): images/s, time per epoch, accuracy, 100 epochs projected -> vit/, vit.log
 #   cnn      xformer train recipes/cnn_cifar.yaml as it is: time to 85% val accuracy -> cnn/, cnn.log
 #   profile  bench/gpu_profile.py: GPU idle share and top kernels of BERT-base and ViT steps -> profile.*
+#   mae      (only when named in --steps) xformer pretrain recipes/mae_cifar_gpu.yaml for MAE_MINUTES
+#            (default 0.75): images/s, val loss against the per-patch-mean baseline, the reconstruction
+#            pictures -> mae/, mae.log
 # then $OUT/gpu_suite.json and $OUT/gpu_suite.md (the summary table, the goals met or not).
 #
 # Missing CIFAR data: a warning in --dry-run; in a real run the vit, cnn and the ViT profile fail with a
 # line saying so and everything else runs. Nothing is installed: the repository runs from PYTHONPATH;
 # the preflight lists the modules this python lacks (a wheelhouse in gpu_data/wheels is installed
 # into $WORK/site with --no-index when present).
-# Environment: OUT, PYTHON (default python), VIT_EPOCHS, VIT_SETS_EXTRA / CNN_SETS_EXTRA (more key=value
+# Environment: OUT, PYTHON (default python), VIT_EPOCHS, MAE_MINUTES, VIT_SETS_EXTRA / CNN_SETS_EXTRA /
+# MAE_SETS_EXTRA (more key=value
 # overrides, space-separated), SUITE_BUDGET_S (default 460: the deadline of the last step), SUITE_WORK
 # (scratch for run dirs and caches, default a new /tmp folder).
 
 set -u
-USAGE="usage: bash bench/gpu_suite.sh [--dry-run] [--steps tests,bert,vit,cnn,profile]"
-ALL_STEPS="tests bert vit cnn profile"
+USAGE="usage: bash bench/gpu_suite.sh [--dry-run] [--steps tests,bert,vit,cnn,profile,mae]"
+ALL_STEPS="tests bert vit cnn profile mae"
 DRY=0
 STEPS_ARG="tests,bert,vit,cnn,profile"
 while [ $# -gt 0 ]; do
@@ -77,13 +81,17 @@ VIT_SETS=(--set "train.epochs=$VIT_EPOCHS" --set "train.warmup_steps=$VIT_WARMUP
 CNN_SETS=(--set train.max_minutes=1.25 --set train.log_every=27 --set train.progress=false)
 for kv in ${VIT_SETS_EXTRA:-}; do VIT_SETS+=(--set "$kv"); done   # e.g. VIT_SETS_EXTRA="train.max_minutes=3"
 for kv in ${CNN_SETS_EXTRA:-}; do CNN_SETS+=(--set "$kv"); done
+# 87 steps an epoch at 512: one evaluation (and reconstruction picture) per epoch, a training record at each
+MAE_SETS=(--set "train.max_minutes=${MAE_MINUTES:-0.75}" --set train.log_every=29 --set train.progress=false)
+for kv in ${MAE_SETS_EXTRA:-}; do MAE_SETS+=(--set "$kv"); done
 PROFILE_ARGS=(--targets bert,vit --warmup 5 --steps 8 --data-root gpu_data)
 MODULES="torch transformers tokenizers einops pydantic yaml safetensors pyarrow numpy PIL tqdm huggingface_hub pytest"
 FILES="bench/bert_throughput.py bench/gpu_profile.py tests/test_gpu.py tests/test_layers.py tests/test_hf_bert.py
-       recipes/vit_cifar.yaml recipes/cnn_cifar.yaml recipes/bert_base.yaml xformer/__main__.py"
+       recipes/vit_cifar.yaml recipes/cnn_cifar.yaml recipes/mae_cifar_gpu.yaml recipes/bert_base.yaml
+       xformer/__main__.py"
 # nominal seconds per step; a step may also use what the steps before it left unused
-declare -A NOMINAL=([tests]=70 [bert_eager]=45 [bert_compile]=95 [vit]=110 [cnn]=80 [profile]=60)
-ORDER="tests bert_eager bert_compile vit cnn profile"
+declare -A NOMINAL=([tests]=70 [bert_eager]=45 [bert_compile]=95 [vit]=110 [cnn]=80 [profile]=60 [mae]=75)
+ORDER="tests bert_eager bert_compile vit cnn profile mae"
 
 preflight() {  # $1: json path. Python, torch, CUDA and the modules this python lacks.
     timeout 90 "$PY" - "$1" $MODULES <<'PY'
@@ -203,6 +211,21 @@ if cnn and cnn.get("epochs"):
 summary["cnn"] = cnn
 summary["profile"] = load("profile.json")
 
+def mae_metrics():
+    """The MAE run: images/s (after the first, compiling, window), the last val loss and its baseline."""
+    path = out / "mae" / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "val"]
+    ips = [r["images_per_s"] for r in train[1:] if r.get("images_per_s")]
+    last = val[-1] if val else {}
+    return {"last_step": train[-1]["step"] if train else None, "images_per_s": sum(ips) / len(ips) if ips else None,
+            "val_step": last.get("step"), "val_loss": last.get("loss"), "baseline_loss": last.get("baseline_loss"),
+            "pictures": len(list((out / "mae").glob("step_*.png")))}
+summary["mae"] = mae_metrics()
+
 # the issue's goals
 best = [r for r in bert_rows if "error" not in r and r["model"] != "HF" and r["pad_frac"] == 0]
 top = max(best, key=lambda r: r["tokens_per_s"], default=None)
@@ -261,6 +284,12 @@ for name, r in (("vit_cifar", vit), ("cnn_cifar", cnn)):
     md.append(f"| {name} | {r['epochs_done']} | {f(r['val_acc'], '{:.2%}')} | {f(r['images_per_s'], '{:,.0f}')} | "
               f"{f(r.get('first_epoch_s'), '{:.1f}')} | {f(r.get('epoch_s'), '{:.2f}')} | "
               f"{f(r.get('projected_100_epochs_s'), '{:.0f}')} | {f(r.get('time_to_85_s'), '{:.1f}')} |")
+mae = summary["mae"]
+md += ["", "## MAE (recipes/mae_cifar_gpu.yaml, briefly)", ""]
+md.append("no results" if not mae else
+          f"{mae['last_step']} steps, {f(mae['images_per_s'], '{:,.0f}')} images/s; val loss {f(mae['val_loss'], '{:.4f}')} "
+          f"at step {mae['val_step']} (per-patch-mean baseline {f(mae['baseline_loss'], '{:.4f}')}); "
+          f"{mae['pictures']} reconstruction pictures")
 md += ["", "## Profile (GPU idle share of the profiled steps; top kernels)", ""]
 for name, r in (summary["profile"] or {}).items():
     if "error" in r:
@@ -306,10 +335,11 @@ if [ "$DRY" = 1 ]; then
         && ok "bench/gpu_profile.py accepts its arguments" || err "bench/gpu_profile.py rejects its arguments"
     # the recipes with the overrides, validated as xformer train will (no data is read)
     sets() { local a=(); while [ $# -gt 0 ]; do [ "$1" = --set ] || a+=("$1"); shift; done; printf '%s\n' "${a[@]}"; }
-    "$PY" - <(sets "${VIT_SETS[@]}") <(sets "${CNN_SETS[@]}") <<'PY' && ok "recipes with the suite's --set overrides" || err "a recipe rejects the suite's --set overrides"
+    "$PY" - <(sets "${VIT_SETS[@]}") <(sets "${CNN_SETS[@]}") <(sets "${MAE_SETS[@]}") <<'PY' && ok "recipes with the suite's --set overrides" || err "a recipe rejects the suite's --set overrides"
 import sys
 from xformer.commands.recipe import load_recipe
-for recipe, path in (("recipes/vit_cifar.yaml", sys.argv[1]), ("recipes/cnn_cifar.yaml", sys.argv[2])):
+for recipe, path in (("recipes/vit_cifar.yaml", sys.argv[1]), ("recipes/cnn_cifar.yaml", sys.argv[2]),
+                     ("recipes/mae_cifar_gpu.yaml", sys.argv[3])):
     load_recipe(recipe, open(path).read().split())
 PY
     "$PY" -m pytest --collect-only "${TEST_ARGS[@]}" >"$tmp/collect.log" 2>&1 \
@@ -376,6 +406,12 @@ for run in vit cnn; do
 done
 if selected profile; then
     run_step profile "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}" --work "$WORK/profile" --json "$OUT/profile.json"
+fi
+if selected mae; then
+    rm -rf "$WORK/mae"
+    run_step mae "$PY" -m xformer pretrain recipes/mae_cifar_gpu.yaml --out "$WORK/mae" "${MAE_SETS[@]}"
+    mkdir -p "$OUT/mae"
+    cp "$WORK/mae"/metrics.jsonl "$WORK/mae"/config.yaml "$WORK/mae"/recon/step_*.png "$OUT/mae/" 2>/dev/null
 fi
 summarize "$OUT"
 echo "total $(( $(date +%s) - START )) s"
