@@ -204,3 +204,17 @@ def test_recipe_encoder_is_the_cpu_vit_recipes(tmp_path):
     mae, vit = load_yaml("recipes/mae_cifar.yaml", "recipe")["model"], load_yaml("recipes/vit_cifar_cpu.yaml", "r")["model"]
     assert {k: mae[k] for k in ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_ratio")} == \
            {k: vit[k] for k in ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_ratio")}
+
+
+def test_the_step_bench_times_both_models_on_one_encoder(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_mae_step", "bench/mae_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = [f"--set={o}" for o in TINY if o.startswith("model.")]
+    result = bench.main([*tiny, "--batch", "4", "--steps", "2", "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert result["encoder"] == {"dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
+    assert (result["patches_seen"], result["patches"]) == (4, 16)
+    assert result["ratio_mae_to_vit"] == result["step_s"]["mae"] / result["step_s"]["vit"] > 0
+    assert json.loads((tmp_path / "b.json").read_text())["batch"] == 4
