@@ -69,18 +69,23 @@ def _add_sweep_commands(sub) -> None:
 
 
 def _add_glue_command(sub) -> None:
-    p = sub.add_parser("glue", help="fine-tune a model on GLUE under one fixed protocol, several seeds; "
-                                    "writes glue.json, glue.md and a chart")
-    p.add_argument("model", help="a run directory, a checkpoint directory, an HF directory or hf:<dir or hub id>")
+    p = sub.add_parser("glue", help="fine-tune a model (or, with --study, several) on GLUE under one fixed "
+                                    "protocol, several seeds; writes glue.json, glue.md and a chart")
+    p.add_argument("model", nargs="?",
+                   help="a run directory, a checkpoint directory, an HF directory or hf:<dir or hub id>")
+    p.add_argument("--study", metavar="FILE", help="instead of MODEL: a study file (recipes/studies/glue_small.yaml):"
+                   " each of its models in turn, then study.md, their side-by-side table with pretraining costs")
+    p.add_argument("--models", metavar="A,B", help="with --study: these models of the study only")
     p.add_argument("--tasks", metavar="T1,T2", help="GLUE tasks (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte; "
                    "default: every one whose data is here or on the hub)")
-    p.add_argument("--seeds", type=int, default=3, help="runs per task, train.seed 0..N-1 (default: %(default)s)")
+    p.add_argument("--seeds", type=int, help="runs per task, train.seed 0..N-1 (default: 3)")
     p.add_argument("--from-scratch", action="store_true",
                    help="the baseline: MODEL's architecture and tokenizer with random weights")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the protocol, every run")
-    p.add_argument("--out", help="output folder (default: runs/glue/<model name>)")
+    p.add_argument("--out", help="output folder (default: runs/glue/<model name>, with --study runs/glue/<study "
+                   "file name>)")
     p.add_argument("--recipe", help="the protocol (default: recipes/glue.yaml)")
-    p.set_defaults(handler="xformer.commands.glue:cmd_glue")
+    p.set_defaults(handler="xformer.commands.glue_study:cmd_glue_or_study")
 
 
 def _add_eval_command(sub) -> None:

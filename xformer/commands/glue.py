@@ -1,5 +1,7 @@
 """``xformer glue MODEL``: fine-tune MODEL on the GLUE tasks under one fixed protocol, several seeds each,
-then summarise the scores (``glue.json``, ``glue.md``, ``glue.png``; :mod:`xformer.commands.glue_summary`).
+then summarise the scores (``glue.json``, ``glue.md``, ``glue.png``; :mod:`xformer.commands.glue_summary`)
+beside MODEL's pretraining cost (:mod:`xformer.commands.pretraining_cost`). Several models under one protocol:
+``xformer glue --study FILE`` (:mod:`xformer.commands.glue_study`).
 
 The protocol is a recipe (``recipes/glue.yaml``): a text_classification recipe, the same for every model,
 and a ``glue`` section of per-task overrides (``glue: {tasks: {rte: {train: {epochs: 10}}}}``). Each
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from xformer import tasks
 from xformer.commands.glue_summary import seed_score, write_summary
+from xformer.commands.pretraining_cost import pretraining_cost
 from xformer.commands.recipe import parse_override, set_path
 from xformer.commands.results import is_finished, read_result
 from xformer.commands.sweep import SweepRun, refuse_changed, run_one
@@ -277,7 +280,8 @@ def glue(model: str, task_names: str | None = None, seeds: int = 3, out: str | P
         elif not is_finished(run_one(g.run, label, train_and_score(g.entry), progress(g))):
             failed.append(g.run.name)
     about = {"model": model, "name": model_name(model, from_scratch), "from_scratch": from_scratch,
-             "recipe": str(recipe), "protocol": load_yaml(recipe), "overrides": list(overrides), "seeds": seeds}
+             "recipe": str(recipe), "protocol": load_yaml(recipe), "overrides": list(overrides), "seeds": seeds,
+             "pretraining": pretraining_cost(model, from_scratch)}
     summary = write_summary(out, about, [(g.task, g.seed, g.entry, g.run.cfg) for g in runs], skipped)
     print(f"GLUE: {summary}")
     if failed:
@@ -288,4 +292,5 @@ def glue(model: str, task_names: str | None = None, seeds: int = 3, out: str | P
 
 def cmd_glue(args: argparse.Namespace) -> None:
     """``xformer glue``: :func:`glue` with the command's flags."""
-    glue(args.model, args.tasks, args.seeds, args.out, args.set, args.from_scratch, args.recipe or RECIPE)
+    seeds = 3 if args.seeds is None else args.seeds
+    glue(args.model, args.tasks, seeds, args.out, args.set, args.from_scratch, args.recipe or RECIPE)

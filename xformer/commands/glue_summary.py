@@ -17,6 +17,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from xformer.commands.pretraining_cost import COUNTED
 from xformer.commands.results import is_finished, read_result
 from xformer.data import catalog
 from xformer.data.readers import TABLE_SUFFIXES
@@ -129,6 +130,8 @@ def markdown(summary: dict, chart: Path | None) -> str:
              + (f" with {', '.join(f'`{o}`' for o in summary['overrides'])}" if summary["overrides"] else "")
              + f"; {summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''} per task. Scores x100 on the validation sets; a task's score is the "
              "mean of its metrics (MNLI: of matched and mismatched); median and spread (min to max) over seeds.", "",
+             f"Pretraining: {cost_line(summary.get('pretraining'))}."
+             + (f" Minutes are wall time; {COUNTED}." if (summary.get("pretraining") or {}).get("run") else ""), "",
              "| task | metric | median | spread | seeds | majority class |", "|---|---|---|---|---|---|"]
     for t in summary["tasks"].values():
         spread = "-" if t["min"] is None else f"{pct(t['min'])} to {pct(t['max'])}"
@@ -199,37 +202,101 @@ def read_glue(folder: Path) -> dict:
     return summary
 
 
-def comparison(folders: list[Path]) -> str:
-    """The side-by-side Markdown table of several models' GLUE runs: a column per model (median and
-    spread), a row per task, the majority baseline, and the average over the tasks every model ran."""
+def count(n: int | float | None) -> str:
+    """A count as 24.6M, 1.2B or 640k; ``—`` for none (0 or not known)."""
+    if not n:
+        return "—"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def cost_cells(cost: dict | None) -> list[str]:
+    """A model's pretraining cost as two table cells, wall minutes and token positions (see
+    :mod:`xformer.commands.pretraining_cost`): ``—`` for none (from scratch), for a cost not known (an HF
+    model) and for a ``glue.json`` that did not record it."""
+    cost = cost or {}
+    minutes = cost.get("minutes")
+    return ["—" if not minutes else f"{minutes:.1f}", count(cost.get("token_positions"))]
+
+
+def cost_line(cost: dict | None) -> str:
+    """What a model's pretraining cost cells stand for, in words."""
+    if not cost:
+        return "pretraining cost not recorded (a glue.json written before xformer glue recorded it)"
+    if cost.get("run") is None:
+        return cost["note"]
+    note = f"; {cost['note']}" if cost["note"] else ""
+    return (f"pretrained {cost['minutes'] or 0:.1f} wall minutes, {cost['steps']:,} steps, "
+            f"{count(cost['token_positions'])} token positions (`{cost['run']}`){note}")
+
+
+def median(summary: dict, task: str) -> float | None:
+    """The median score of ``task`` in a ``glue.json``; None when it did not run or no seed finished."""
+    return (summary["tasks"].get(task) or {}).get("median")
+
+
+def compare(folders: list[Path], names: list[str] | None = None) -> dict:
+    """Several models' GLUE runs side by side, from their ``glue.json`` files: per model its tasks' medians
+    and spreads, its average over the tasks every model ran and its pretraining cost; per task the majority
+    baseline. ``names`` name the models (default: each summary's own name, with its folder when two agree)."""
     summaries = [read_glue(f) for f in folders]
-    names = [s.get("name") or f.name for s, f in zip(summaries, folders)]
-    if len(set(names)) < len(names):  # two runs of one model (another protocol, another seed count)
-        names = [f"{n} ({f})" for n, f in zip(names, folders)]
+    if names is None:
+        names = [s.get("name") or f.name for s, f in zip(summaries, folders)]
+        if len(set(names)) < len(names):  # two runs of one model (another protocol, another seed count)
+            names = [f"{n} ({f})" for n, f in zip(names, folders)]
     order = [t for t in TITLES if any(t in s["tasks"] for s in summaries)]
     order += [t for s in summaries for t in s["tasks"] if t not in order]
-    common = [t for t in order if all((s["tasks"].get(t) or {}).get("median") is not None for s in summaries)]
-    lines = ["| task | " + " | ".join(names) + " | majority class |", "|---|" + "---|" * (len(names) + 1)]
-    for task in order:
-        cells = []
-        for s in summaries:
-            t = s["tasks"].get(task)
-            cells.append("-" if t is None or t.get("median") is None
-                         else f"{pct(t['median'])} ({pct(t['min'])} to {pct(t['max'])})")
-        majority = next((s["tasks"][task].get("majority") for s in summaries if task in s["tasks"]), None)
-        lines.append(f"| {TITLES.get(task, task)} | " + " | ".join(cells) + f" | {pct(majority)} |")
-    averages = [pct(statistics.fmean(s["tasks"][t]["median"] for t in common)) if common else "-" for s in summaries]
-    lines.append(f"| **average** ({len(common)} tasks) | " + " | ".join(f"**{a}**" for a in averages) + " | |")
+    # the tasks every model ran, those that scored nothing (every run failed) aside: they would leave none
+    scored = [s for s in summaries if any(median(s, t) is not None for t in order)]
+    common = [t for t in order if all(median(s, t) is not None for s in scored)]
+    majority = {t: next((s["tasks"][t].get("majority") for s in summaries if t in s["tasks"]), None) for t in order}
+    models = []
+    for name, folder, s in zip(names, folders, summaries):
+        done = {t: {k: s["tasks"][t][k] for k in ("median", "min", "max")} for t in order if median(s, t) is not None}
+        models.append({
+            "name": name, "dir": str(folder), "model": s.get("model"), "from_scratch": s.get("from_scratch"),
+            "recipe": s.get("recipe"), "overrides": s.get("overrides") or [], "seeds": s.get("seeds"), "tasks": done,
+            "average": statistics.fmean(done[t]["median"] for t in common) if common and done else None,
+            "pretraining": s.get("pretraining"),
+        })
+    known = [majority[t] for t in common]
+    return {"tasks": order, "common": common, "models": models, "majority": majority,
+            "majority_average": statistics.fmean(known) if known and None not in known else None}
+
+
+def comparison_table(data: dict) -> str:
+    """The Markdown table of :func:`compare`: a row per model (each task's median and spread, the average,
+    the pretraining cost), then the majority-class row."""
+    heads = [TITLES.get(t, t) for t in data["tasks"]]
+    lines = ["| model | " + " | ".join(heads) + f" | average ({len(data['common'])} tasks) | pretraining wall "
+             "minutes | pretraining token positions |", "|---|" + "---|" * (len(heads) + 3)]
+    for m in data["models"]:
+        cells = ["-" if (t := m["tasks"].get(task)) is None else f"{pct(t['median'])} ({pct(t['min'])} to "
+                 f"{pct(t['max'])})" for task in data["tasks"]]
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + f" | **{pct(m['average'])}** | "
+                     + " | ".join(cost_cells(m["pretraining"])) + " |")
+    majority = [pct(data["majority"][t]) for t in data["tasks"]]
+    lines.append("| majority class | " + " | ".join(majority) + f" | {pct(data['majority_average'])} | | |")
     return "\n".join(lines) + "\n"
 
 
+def comparison_text(data: dict, title: str) -> str:
+    """A Markdown page of :func:`compare`: what the numbers are, the table, what each model is."""
+    about = [f"- {m['name']} (`{m['dir']}`): model `{m['model']}`{' from scratch' if m['from_scratch'] else ''}, "
+             f"protocol `{m['recipe']}`" + (" with " + ", ".join(f"`{o}`" for o in m["overrides"]) if m["overrides"]
+                                            else "") + f", {m['seeds']} seed{'s' if m['seeds'] != 1 else ''}; "
+             f"{cost_line(m['pretraining'])}" for m in data["models"]]
+    return (f"# {title}\n\nScores x100 on the validation sets: median over seeds (min to max); the average is over "
+            "the tasks every model ran (those that scored none aside). Pretraining: the model's own pretraining run, "
+            f"its wall minutes and {COUNTED}; — for none (from scratch) or not known (an HF model).\n\n"
+            f"{comparison_table(data)}\n" + "\n".join(about) + "\n")
+
+
 def write_comparison(folders: list[Path], out: Path) -> Path:
-    """``OUT/report.md``: the :func:`comparison` of the GLUE runs in ``folders``, with what each model is."""
-    table = comparison(folders)  # reads and checks every glue.json first
-    about = [f"- `{f}`: model `{s.get('model')}`{' from scratch' if s.get('from_scratch') else ''}, protocol "
-             f"`{s.get('recipe')}`, {s.get('seeds')} seeds" for f in folders for s in [read_glue(f)]]
-    text = (f"# GLUE: {len(folders)} models\n\nScores x100 on the validation sets: median over seeds (min to max); "
-            f"the average is over the tasks every model ran.\n\n{table}\n" + "\n".join(about) + "\n")
+    """``OUT/report.md``: the :func:`compare` table of the GLUE runs in ``folders``, with what each model is."""
+    data = compare(folders)  # reads and checks every glue.json first
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
+    atomic_write_text(out / "report.md", comparison_text(data, f"GLUE: {len(folders)} models"))
     return out / "report.md"
