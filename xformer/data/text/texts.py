@@ -207,7 +207,7 @@ def tokenize_examples(texts: list[str], labels: list, classes: list | None, toke
         targets = torch.tensor([index[y] for y in labels])
     truncation = True if pairs is None else "longest_first"  # as tokenizer(texts, pairs) truncates
     enc = tokenizer(texts, pairs, truncation=truncation, max_length=max_len, padding="max_length",
-                    return_tensors="pt")
+                    padding_side="right", return_tensors="pt")  # rows are kept as ids + lengths: real tokens first
     # single texts carry no token types: the model takes None as segment 0 (an explicit zeros tensor would sum
     # the segment embedding's gradient in another order, moving the recorded golden losses)
     types = enc.get("token_type_ids") if pairs is not None else None
