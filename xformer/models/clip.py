@@ -45,6 +45,7 @@ class ClipVisionConfig(ViTConfig):
     pre_norm: bool = True
     patch_bias: bool = False
     norm_eps: float = 1e-5
+    has_head: ClassVar[bool] = False
 
 
 class ClipConfig(Section):

@@ -39,6 +39,16 @@ class ViTConfig(EncoderConfig):
     runtime_keys: ClassVar[frozenset[str]] = EncoderConfig.runtime_keys | {"init", "num_classes", "pool",
                                                                         "head_norm"}
     starts_from: ClassVar[str] = "vit"  # the architecture whose checkpoints ``init`` may name
+    has_head: ClassVar[bool] = True  # False: a ViT inside another model (MAE, CLIP), where the head keys mean nothing
+
+    @model_validator(mode="after")
+    def _head_keys_need_a_head(self):
+        if not self.has_head:
+            for key in ("pool", "head_norm"):
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"model.{key}={getattr(self, key)}: {type(self).__name__} has no "
+                                     f"classification head (set it in the classifier that starts from it)")
+        return self
 
     @model_validator(mode="after")
     def _learned_patch_positions(self):

@@ -33,6 +33,7 @@ class ViTMAEConfig(ViTConfig):
 
     runtime_keys: ClassVar[frozenset[str]] = ViTConfig.runtime_keys | {"mask_ratio", "norm_pix_loss"}
     starts_from: ClassVar[str] = "vit_mae"
+    has_head: ClassVar[bool] = False
 
     @model_validator(mode="after")
     def _mae_shapes(self):
