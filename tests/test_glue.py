@@ -219,7 +219,7 @@ def test_default_tasks_are_those_with_data_and_the_protocol_is_per_task(model_di
     runs = glue_command.plan(f"hf:{model_dir}", source, run, 1, tmp_path, glue_command.RECIPE,
                              ["data.max_seq_len=64"], False)
     epochs = {g.task: (g.run.cfg.train.epochs, g.run.cfg.train.max_steps, g.run.cfg.train.lr) for g in runs}
-    assert epochs == {"mrpc": (3, 2000, 1e-4), "stsb": (10, 2000, 1e-4)}  # recipes/glue.yaml: STS-B 10 epochs
+    assert epochs == {"mrpc": (3, 2000, 3e-4), "stsb": (10, 2000, 3e-4)}  # recipes/glue.yaml: STS-B 10 epochs
 
     with pytest.raises(XformerError, match="data.max_seq_len=128 is longer than the 64 positions of model.init"):
         glue_command.plan(f"hf:{model_dir}", source, ["mrpc"], 1, tmp_path, glue_command.RECIPE, [], False)
