@@ -84,19 +84,24 @@ def model_dir(tmp_path_factory) -> Path:
     return hf_bert(tmp_path_factory.mktemp("bert"))
 
 
-@pytest.fixture(autouse=True)
-def glue_data(tmp_path, monkeypatch, offline) -> Path:
+def tiny_glue_folders(tmp_path, monkeypatch, train_rows: int, val_rows: int) -> Path:
     """Tiny MRPC (pairs, 2 classes) and STS-B (pairs, float labels) folders under $XFORMER_DATA; CoLA and the
-    others are not there (the shared data folder is hidden), and the hub is off."""
+    others are not there (the shared data folder is hidden)."""
     root = tmp_path / "data"
     monkeypatch.setattr(catalog, "REPO_DATA", tmp_path / "no-shared-data")
     monkeypatch.setattr(catalog, "BESIDE", tmp_path / "no-shared-data")
     for task, seed in (("mrpc", 0), ("stsb", 10)):
-        write_task(root, task, 240, "train", seed)
-        write_task(root, task, 60, "validation", seed + 1)
+        write_task(root, task, train_rows, "train", seed)
+        write_task(root, task, val_rows, "validation", seed + 1)
     monkeypatch.setenv("XFORMER_DATA", str(root))
     monkeypatch.setenv("XFORMER_CACHE", str(tmp_path / "cache"))
     return root
+
+
+@pytest.fixture(autouse=True)
+def glue_data(tmp_path, monkeypatch, offline) -> Path:
+    """240 training and 60 validation rows of MRPC and STS-B; the hub is off."""
+    return tiny_glue_folders(tmp_path, monkeypatch, 240, 60)
 
 
 def run_glue(model_dir: Path, out: Path, *more: str) -> int:

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_glue import hf_bert, write_task, write_tokenizer
+from tests.test_glue import hf_bert, tiny_glue_folders, write_tokenizer
 from xformer import tasks
 from xformer.commands.cli import main
 from xformer.commands.glue_study import read_study
 from xformer.config import save_config
-from xformer.data import catalog
 from xformer.models import BertForPreTraining
 from xformer.models.bert import BertConfig
 from xformer.train.checkpoint import save_checkpoint
@@ -30,16 +29,8 @@ PRETRAINED = {"steps": 40, "batch_size": 16, "max_seq_len": 64, "elapsed_s": 150
 
 @pytest.fixture(autouse=True)
 def glue_data(tmp_path, monkeypatch, offline) -> Path:
-    """Tiny local MRPC and STS-B folders under $XFORMER_DATA (MRPC's validation: 70% label 1); the hub is off."""
-    root = tmp_path / "data"
-    monkeypatch.setattr(catalog, "REPO_DATA", tmp_path / "no-shared-data")
-    monkeypatch.setattr(catalog, "BESIDE", tmp_path / "no-shared-data")
-    for task, seed in (("mrpc", 0), ("stsb", 10)):
-        write_task(root, task, 40, "train", seed)
-        write_task(root, task, 20, "validation", seed + 1)
-    monkeypatch.setenv("XFORMER_DATA", str(root))
-    monkeypatch.setenv("XFORMER_CACHE", str(tmp_path / "cache"))
-    return root
+    """Tiny local MRPC and STS-B folders (40 training, 20 validation rows); the hub is off."""
+    return tiny_glue_folders(tmp_path, monkeypatch, 40, 20)
 
 
 @pytest.fixture(scope="module")
