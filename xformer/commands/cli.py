@@ -85,6 +85,9 @@ def _add_glue_command(sub) -> None:
     p.add_argument("--out", help="output folder (default: runs/glue/<model name>, with --study runs/glue/<study "
                    "file name>)")
     p.add_argument("--recipe", help="the protocol (default: recipes/glue.yaml)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="(task, seed) runs trained at once, each in its own process with the CPU cores shared out "
+                        "(default: 1, one after another in this process)")
     p.set_defaults(handler="xformer.commands.glue_study:cmd_glue_or_study")
 
 

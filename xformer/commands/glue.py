@@ -14,18 +14,26 @@ rerun a finished run is skipped (refused if its config changed), a cut one resum
 checkpoint, a failed one is retried; a failure is recorded and the other runs go on. A task's other
 evaluation splits (MNLI's mismatched) are scored after training by the task's ``evaluate`` and kept in
 ``result.json`` as ``<metric>/<split>``.
+
+With ``--jobs N`` up to N runs train at once, each in a process of its own
+(:mod:`xformer.commands.parallel_runs`); one whose process dies is recorded as failed. The runs of a task
+write no shared cache entry: each reads the task's files (or the hub's copy through ``datasets``, which
+locks its cache while it fills it) and tokenizes with MODEL's tokenizer, so nothing is prepared first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from xformer import tasks
 from xformer.commands.glue_summary import seed_score, write_summary
+from xformer.commands.parallel_runs import train_at_once
 from xformer.commands.pretraining_cost import pretraining_cost
 from xformer.commands.recipe import parse_override, set_path
 from xformer.commands.results import is_finished, read_result
@@ -251,6 +259,19 @@ def progress(g: GlueRun):
     return line
 
 
+def run_in_worker(g: GlueRun, label: str) -> tuple[dict, str]:
+    """One run in a process of its own: :func:`run_one`'s record and its progress line, for the parent to print."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        record = run_one(g.run, label, train_and_score(g.entry), progress(g))
+    return record, printed.getvalue()
+
+
+def check_jobs(jobs: int) -> None:
+    """XformerError unless ``--jobs`` asks for at least one run at once."""
+    if jobs < 1:
+        raise XformerError(f"--jobs {jobs}: at least 1 (the runs trained at once)")
+
+
 def model_name(model: str, from_scratch: bool) -> str:
     """A short name for MODEL: its directory's (a checkpoint's: run_step), ``-scratch`` for the baseline."""
     path = Path(model.removeprefix("hf:"))
@@ -259,11 +280,13 @@ def model_name(model: str, from_scratch: bool) -> str:
 
 
 def glue(model: str, task_names: str | None = None, seeds: int = 3, out: str | Path | None = None,
-         overrides: list[str] = (), from_scratch: bool = False, recipe: str | Path = RECIPE) -> Path:
-    """Run (or finish) MODEL's GLUE runs one at a time and write the summary into OUT; returns OUT.
-    XformerError for bad input before anything trains, and after the summary when some runs failed."""
+         overrides: list[str] = (), from_scratch: bool = False, recipe: str | Path = RECIPE, jobs: int = 1) -> Path:
+    """Run (or finish) MODEL's GLUE runs, one at a time in this process or up to ``jobs`` at once in processes
+    of their own, and write the summary into OUT; returns OUT. XformerError for bad input before anything
+    trains, and after the summary when some runs failed."""
     if seeds < 1:
         raise XformerError(f"--seeds {seeds}: at least 1")
+    check_jobs(jobs)
     source = check_model(model)
     run_tasks, skipped = choose_tasks(parse_tasks(task_names), source, model, from_scratch)
     out = Path(out or Path("runs") / "glue" / model_name(model, from_scratch))
@@ -272,13 +295,17 @@ def glue(model: str, task_names: str | None = None, seeds: int = 3, out: str | P
     refuse_changed(recipe, [g.run for g in runs if g.run.name in finished], "GLUE")
     for task, why in skipped.items():
         print(f"{task}: skipped: {why}", flush=True)
-    failed = []
+    failed, todo = [], []
     for i, g in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}] {g.task} seed {g.seed}"
         if g.run.name in finished:
             print(f"{label}: finished before, skipped", flush=True)
+        elif jobs > 1:
+            todo.append((label, g.run, (g, label), progress(g)))
         elif not is_finished(run_one(g.run, label, train_and_score(g.entry), progress(g))):
             failed.append(g.run.name)
+    if todo:
+        failed = train_at_once(todo, jobs, run_in_worker)  # run_in_worker looked up now: tests replace it
     about = {"model": model, "name": model_name(model, from_scratch), "from_scratch": from_scratch,
              "recipe": str(recipe), "protocol": load_yaml(recipe), "overrides": list(overrides), "seeds": seeds,
              "pretraining": pretraining_cost(model, from_scratch)}
@@ -293,4 +320,4 @@ def glue(model: str, task_names: str | None = None, seeds: int = 3, out: str | P
 def cmd_glue(args: argparse.Namespace) -> None:
     """``xformer glue``: :func:`glue` with the command's flags."""
     seeds = 3 if args.seeds is None else args.seeds
-    glue(args.model, args.tasks, seeds, args.out, args.set, args.from_scratch, args.recipe or RECIPE)
+    glue(args.model, args.tasks, seeds, args.out, args.set, args.from_scratch, args.recipe or RECIPE, args.jobs)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from xformer.commands.glue import GLUE_TASKS, RECIPE, cmd_glue, glue, read_protocol
+from xformer.commands.glue import GLUE_TASKS, RECIPE, check_jobs, cmd_glue, glue, read_protocol
 from xformer.commands.glue_summary import compare, comparison_text
 from xformer.config import Section, load_yaml, validate
 from xformer.errors import XformerError, did_you_mean
@@ -137,10 +137,11 @@ def write_study(out: Path, path: str | Path, study: GlueStudy, problems: dict[st
 
 
 def run_study(path: str | Path, out: str | Path | None = None, models: str | None = None,
-              overrides: list[str] = ()) -> Path:
-    """Run (or finish) the GLUE runs of each model of the study in ``path`` (``models``: some of them), then
-    write the table into OUT; returns OUT. XformerError for a bad study before anything trains, and at the
-    end naming the models that were skipped or failed."""
+              overrides: list[str] = (), jobs: int = 1) -> Path:
+    """Run (or finish) the GLUE runs of each model of the study in ``path`` (``models``: some of them; each
+    model's runs ``jobs`` at once), then write the table into OUT; returns OUT. XformerError for a bad study
+    before anything trains, and at the end naming the models that were skipped or failed."""
+    check_jobs(jobs)
     study = read_study(path)
     names = pick(study, models, path)
     if not Path(study.protocol).is_file():
@@ -159,7 +160,7 @@ def run_study(path: str | Path, out: str | Path | None = None, models: str | Non
         else:
             try:
                 glue(entry.model, tasks, study.seeds, out / name, [*entry.overrides, *overrides],
-                     entry.from_scratch, study.protocol)
+                     entry.from_scratch, study.protocol, jobs)
             except XformerError as err:  # this model's problem: the others go on
                 problems[name] = f"failed: {err}"
         if name in problems:
@@ -185,6 +186,6 @@ def cmd_glue_or_study(args: argparse.Namespace) -> None:
                                       ("--from-scratch", args.from_scratch or None)) if value is not None]
     if given:
         raise XformerError(f"--study {args.study}: {', '.join(given)}: not with a study, whose file sets them "
-                           f"(glue_study.tasks, seeds, protocol, each model's from_scratch); --set, --out and "
-                           f"--models apply")
-    run_study(args.study, args.out, args.models, args.set)
+                           f"(glue_study.tasks, seeds, protocol, each model's from_scratch); --set, --out, "
+                           f"--models and --jobs apply")
+    run_study(args.study, args.out, args.models, args.set, args.jobs)
