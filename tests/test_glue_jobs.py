@@ -109,7 +109,7 @@ def test_the_runner_shares_the_cores_and_reports_errors_and_deaths():
     calls = [(torch_threads, ()), (fails, ()), (killed, ()), (torch_threads, ())]
     run_parallel(calls, 2, lambda i, outcome: outcomes.__setitem__(i, outcome))
     assert outcomes[0].value == outcomes[3].value == max(1, cores() // 2) and outcomes[0].error is None
-    assert outcomes[1].error == "RuntimeError: bad input"
+    assert outcomes[1].error == "RuntimeError: bad input second line"  # its lines joined, as sweeps record errors
     assert outcomes[2].value is None and outcomes[2].error == "its process was killed (SIGKILL)"
     assert all(o.wall_s > 0 for o in outcomes.values())
 

@@ -27,9 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xformer.commands.results import is_finished, read_result
-from xformer.commands.sweep import SweepRun
-from xformer.data.readers.base import first_line
-from xformer.errors import XformerError
+from xformer.commands.sweep import SweepRun, error_line
 from xformer.train.checkpoint import atomic_write_text
 from xformer.train.run_dir import prepare_dir
 
@@ -52,13 +50,6 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def _error_line(err: Exception) -> str:
-    """A call's exception as one line: its message's first line, after its type unless it is an XformerError."""
-    if isinstance(err, XformerError) or not str(err).strip():
-        return first_line(err)
-    return f"{type(err).__name__}: {first_line(err)}"
-
-
 def _child(send, fn: Callable, args: tuple, threads: int) -> None:
     """A spawned process: ``fn(*args)`` with ``threads`` torch threads; sends (value, None) or (None, error)."""
     import torch
@@ -68,7 +59,7 @@ def _child(send, fn: Callable, args: tuple, threads: int) -> None:
         try:
             message = (fn(*args), None)
         except Exception as err:  # the call's failure, reported to the parent, which goes on
-            message = (None, _error_line(err))
+            message = (None, error_line(err))
         send.send(message)
     except KeyboardInterrupt:  # Ctrl-C or the parent's SIGTERM: exit without a traceback per process
         sys.exit(130)

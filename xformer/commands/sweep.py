@@ -124,7 +124,7 @@ def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
 # ----------------------------------------------------------------------------- running
 
 
-def _one_line(err: Exception) -> str:
+def error_line(err: Exception) -> str:
     """An exception as one line: its message (with its type unless it is an XformerError), at most 300 characters."""
     text = " ".join(str(err).split())
     if not isinstance(err, XformerError):
@@ -177,7 +177,7 @@ def run_one(r: SweepRun, label: str, train, line=describe) -> dict:
                 print(f"error: {err}", file=sys.stderr)
             else:
                 traceback.print_exc()
-            error = _one_line(err)
+            error = error_line(err)
     wall = time.perf_counter() - t0
     record = {"name": r.name, "values": r.values, "wall_s": wall, "resumed": resume}
     if error is not None:
