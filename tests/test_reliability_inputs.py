@@ -16,6 +16,7 @@ import torch
 import yaml
 from pydantic import field_validator, model_validator
 
+from tests.test_report import Images  # labelled images of a classifier's evaluation: only labels matter
 from xformer.commands.recipe import load_recipe
 from xformer.commands.report import read_run, write_report
 from xformer.config import Section, validate
@@ -189,19 +190,6 @@ def test_a_folder_that_lacks_only_the_split_still_falls_through(two_places, tmp_
 
 
 # ----------------------------------------------------------------------------- class 8: absent classes, reports
-
-
-class Images:
-    """Labelled images of a classifier's evaluation: only labels matter to :class:`FirstClass`."""
-
-    def __init__(self, labels):
-        self.labels = torch.tensor(labels)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def batch(self, idx):
-        return {"labels": self.labels[idx], "pixel_values": torch.zeros(len(idx), 3, 2, 2)}
 
 
 class FirstClass(torch.nn.Module):

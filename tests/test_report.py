@@ -142,6 +142,8 @@ def test_null_and_nan_values_render_without_crashing(tmp_path):
 
 
 class Images:
+    """Labelled images of a classifier's evaluation, blank: only the labels matter to a constant model."""
+
     def __init__(self, labels):
         self.labels = torch.tensor(labels)
 
