@@ -40,8 +40,15 @@ HUB_NAMES = (
 _UNUSED = re.compile(r"^vit\.(pooler\.|embeddings\.mask_token$)")
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def square_sizes(hf_config: transformers.PretrainedConfig, name: str) -> tuple[int, int]:
+    """(image size, patch size) of an HF ViT-family config, given as ints or pairs; XformerError unless both
+    are square."""
+    image, patch = (tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+                    for v in (hf_config.image_size, hf_config.patch_size))
+    if image[0] != image[1] or patch[0] != patch[1]:
+        raise XformerError(f"HF {name} image_size={hf_config.image_size}, patch_size={hf_config.patch_size}: "
+                           "only square images and patches are supported")
+    return image[0], patch[0]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -53,16 +60,13 @@ def config_from_hf(hf_config: transformers.PretrainedConfig) -> ViTConfig:
     model_type = getattr(hf_config, "model_type", None)
     if model_type != "vit":
         raise XformerError(f"expected an HF ViT config (model_type 'vit'), got model_type {model_type!r}")
-    image, patch = _pair(hf_config.image_size), _pair(hf_config.patch_size)
-    if image[0] != image[1] or patch[0] != patch[1]:
-        raise XformerError(f"HF ViT image_size={hf_config.image_size}, patch_size={hf_config.patch_size}: "
-                           "only square images and patches are supported")
+    image, patch = square_sizes(hf_config, "ViT")
     return ViTConfig(
         **encoder_fields_from_hf(hf_config, "ViT"),
         norm_first=True,
         qkv_bias=hf_config.qkv_bias,
-        image_size=image[0],
-        patch_size=patch[0],
+        image_size=image,
+        patch_size=patch,
         in_channels=hf_config.num_channels,
         num_classes=hf_config.num_labels,
         pool="cls",

@@ -18,7 +18,7 @@ from xformer.errors import XformerError
 from xformer.interop.common import (PRE_LN_OPTIONS, encoder_fields_from_hf, encoder_fields_to_hf, fuse_qkv,
                                     hf_model_dir, param_pairs, read_weights, refuse_options, split_qkv, take_keys,
                                     warn_unused, write_hf_dir)
-from xformer.interop.hf_vit import HUB_NAMES
+from xformer.interop.hf_vit import HUB_NAMES, square_sizes
 from xformer.models.vit_mae import ViTMAEConfig, ViTMAEForPreTraining
 
 # Other namings -> the one written: ViT's, and the decoder's layer list.
@@ -28,21 +28,14 @@ _STACKS = {"encoder": ("vit.encoder.blocks", "vit.encoder.layer"),
            "decoder": ("decoder.encoder.blocks", "decoder.decoder_encoder.layer")}
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
 def config_from_hf(hf_config: transformers.PretrainedConfig) -> ViTMAEConfig:
     """Our :class:`ViTMAEConfig` for an HF ViTMAE config; XformerError for what we cannot reproduce."""
     if getattr(hf_config, "model_type", None) != "vit_mae":
         raise XformerError(f"expected an HF ViTMAE config (model_type 'vit_mae'), got {hf_config.model_type!r}")
-    image, patch = _pair(hf_config.image_size), _pair(hf_config.patch_size)
-    if image[0] != image[1] or patch[0] != patch[1]:
-        raise XformerError(f"HF ViTMAE image_size={hf_config.image_size}, patch_size={hf_config.patch_size}: "
-                           "only square images and patches are supported")
+    image, patch = square_sizes(hf_config, "ViTMAE")
     return ViTMAEConfig(
         **encoder_fields_from_hf(hf_config, "ViTMAE"), norm_first=True, qkv_bias=hf_config.qkv_bias,
-        image_size=image[0], patch_size=patch[0], in_channels=hf_config.num_channels,
+        image_size=image, patch_size=patch, in_channels=hf_config.num_channels,
         mask_ratio=hf_config.mask_ratio, norm_pix_loss=hf_config.norm_pix_loss,
         decoder_dim=hf_config.decoder_hidden_size, decoder_depth=hf_config.decoder_num_hidden_layers,
         decoder_num_heads=hf_config.decoder_num_attention_heads,
