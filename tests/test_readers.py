@@ -159,13 +159,13 @@ def test_labelled_texts_from_csv_train_and_tsv_validation(tmp_path):
     assert data_kind(str(write_table(tmp_path / "t.tsv", {"text": ["a"]}))).kind == TEXTS
 
 
-def test_fingerprints_of_sources_without_csv_or_tsv_are_as_before(tmp_path):
-    """Runs pin ``source_fingerprint`` in RUN/data.json: for the formats read before CSV/TSV it is the hash of
-    the files' stats, as it always was, so those runs still resume."""
+def test_stat_fingerprints_of_sources_without_csv_or_tsv_are_as_before(tmp_path):
+    """Runs started before content fingerprints pinned the hash of the files' stats in RUN/data.json; a resume
+    still compares with it, so for the formats read before CSV/TSV it is computed as it always was."""
     import hashlib
 
-    from xformer.data.sources import file_stats, source_fingerprint
+    from xformer.data.sources import file_stats, stat_fingerprint
 
     files = [write_table(tmp_path / "a.parquet"), write_table(tmp_path / "b.jsonl")]
     before = hashlib.sha256(json.dumps(file_stats(files)).encode()).hexdigest()[:16]
-    assert source_fingerprint(str(tmp_path)) == before
+    assert stat_fingerprint(str(tmp_path)) == before

@@ -14,6 +14,7 @@ import torch
 from conftest import make_documents
 from xformer.train.checkpoint import list_checkpoints
 from xformer.commands.cli import main
+from xformer.data.sources import source_fingerprint, stat_fingerprint
 from xformer.errors import XformerError
 from xformer.train.run_dir import RunLock, config_diff
 from xformer.tasks import run
@@ -48,6 +49,10 @@ def test_resume_refuses_changed_data_and_keeps_its_tokenizer(tiny_config, tmp_pa
                          f"data.cache_dir={tmp_path / 'cold'}")
     assert run(longer, resume=True)["step"] == 6
     assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").read_bytes() == vocab
+    # a run that pinned the older fingerprint of file stats resumes while they hold
+    (tmp_path / "run" / "data.json").write_text(json.dumps({"data.source": stat_fingerprint(str(corpus))}))
+    assert run(tiny_config(f"data.source={corpus}", "train.max_steps=7", "train.save_every=2"), resume=True)["step"] == 7
+    assert json.loads((tmp_path / "run" / "data.json").read_text()) == {"data.source": source_fingerprint(str(corpus))}
     pq.write_table(pa.table({"text": make_documents(150, seed=3)}), corpus)
     with pytest.raises(XformerError, match="data.source .* changed since"):
         run(tiny_config(f"data.source={corpus}", "train.max_steps=8"), resume=True)

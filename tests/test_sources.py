@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -144,12 +145,23 @@ def test_hub_loader_offline_message(monkeypatch):
 # ----------------------------------------------------------------------------- fingerprints
 
 
-def test_source_fingerprint_follows_files_not_spelling(tmp_path):
+def test_source_fingerprint_follows_content_not_spelling_place_or_mtime(tmp_path):
     a = tmp_path / "a.parquet"
     pq.write_table(pa.table({"text": ["one"]}), a)
     fp = source_fingerprint(str(a))
     assert len(fp) == 16 and fp == source_fingerprint(str(tmp_path / "*.parquet")) == source_fingerprint([str(a)])
     assert fp == source_fingerprint(str(a), split="validation")  # a split names nothing in local files
+    os.utime(a, ns=(1, 1))  # a copy or a new mount changes mtimes, not content
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(a, tmp_path / "elsewhere" / "a.parquet")
+    assert source_fingerprint(str(a)) == fp == source_fingerprint(str(tmp_path / "elsewhere" / "a.parquet"))
+    b = tmp_path / "elsewhere" / "b.parquet"
+    b.write_bytes(a.read_bytes())
+    assert source_fingerprint(str(b)) != fp  # another name is another file
+    raw = bytearray(a.read_bytes())
+    raw[-20] ^= 1  # same size, one bit changed
+    (tmp_path / "elsewhere" / "a.parquet").write_bytes(bytes(raw))
+    assert source_fingerprint(str(tmp_path / "elsewhere" / "a.parquet")) != fp
     pq.write_table(pa.table({"text": ["one", "two"]}), a)
     assert source_fingerprint(str(a)) != fp
     assert source_fingerprint("owner/set") != source_fingerprint("owner/set", split="test")
@@ -157,6 +169,9 @@ def test_source_fingerprint_follows_files_not_spelling(tmp_path):
         touch(tmp_path / "pics" / cls / "1.png")
     before = source_fingerprint(str(tmp_path / "pics"))
     touch(tmp_path / "pics" / "dog" / "2.png")
+    assert source_fingerprint(str(tmp_path / "pics")) != before
+    before = source_fingerprint(str(tmp_path / "pics"))
+    (tmp_path / "pics" / "dog" / "2.png").rename(tmp_path / "pics" / "cat" / "2.png")  # another label
     assert source_fingerprint(str(tmp_path / "pics")) != before
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -187,10 +188,31 @@ def file_stats(files: Iterable[Path]) -> list[list]:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def source_fingerprint(source: str | list[str], split: str = "train", key: str = "data.source") -> str:
-    """A short stable hash of what ``source`` (the value of ``key``) names: every data file it covers
-    (paths, sizes, mtimes; for a folder, all its data and image files), or the hub name and ``split``.
-    Reads no data."""
+    """A short stable hash of what ``source`` (the value of ``key``) holds: every data file it covers (for a
+    folder, all its data and image files) by its path below the files' common folder, size and content, or the
+    hub name and ``split``. Data copied or mounted elsewhere keeps its fingerprint; changed data does not."""
+    src = resolve(source, key, DATA_SUFFIXES + IMAGE_SUFFIXES, split)
+    if src.kind == "hub":
+        identity = ["hub", src.name, src.split]
+    else:
+        paths = [p.resolve() for p in src.files]
+        root = Path(os.path.commonpath([p.parent for p in paths]))
+        identity = ["content", [[p.relative_to(root).as_posix(), p.stat().st_size, _digest(p)] for p in paths]]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+def stat_fingerprint(source: str | list[str], split: str = "train", key: str = "data.source") -> str:
+    """The fingerprint runs recorded before :func:`source_fingerprint` read content: the files' absolute
+    paths, sizes and mtimes (or the hub name and ``split``); a resume still accepts it. Reads no data."""
     src = resolve(source, key, DATA_SUFFIXES + IMAGE_SUFFIXES, split)
     identity = ["hub", src.name, src.split] if src.kind == "hub" else file_stats(src.files)
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

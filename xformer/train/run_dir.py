@@ -224,8 +224,9 @@ def data_sources(cfg: RunConfig) -> dict[str, tuple]:
 
 
 def pin_data(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Record the fingerprints of the run's data in ``RUN/data.json``; on resume, refuse changed data."""
-    from xformer.data.sources import source_fingerprint
+    """Record the fingerprints of the run's data in ``RUN/data.json``; on resume, refuse changed data (a run
+    that recorded the older fingerprint of file stats resumes while those stats are unchanged)."""
+    from xformer.data.sources import source_fingerprint, stat_fingerprint
 
     now = {key: source_fingerprint(source, split, key) for key, (source, split) in data_sources(cfg).items()}
     file = run_dir / "data.json"
@@ -235,7 +236,8 @@ def pin_data(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
         except ValueError:
             before = None
         if isinstance(before, dict):
-            changed = next((k for k in now if k in before and before[k] != now[k]), None)
+            changed = next((k for k in now if k in before and before[k] != now[k]
+                            and before[k] != stat_fingerprint(*data_sources(cfg)[k], k)), None)
             if changed is not None:
                 raise XformerError(
                     f"--resume: the data of {changed} ({data_sources(cfg)[changed][0]}) changed since {run_dir} "
