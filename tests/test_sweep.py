@@ -84,6 +84,11 @@ def test_expansion_crosses_variants_with_the_grid_and_names_runs(recipe, tmp_pat
     assert (b.model.dim, b.model.depth, b.train.lr, b.train.batch_size) == (32, 2, 1e-3, 32)
     assert b.out_dir == str(tmp_path / "s" / runs[-1].name)
     assert run_name(None, {"model.dropout": 0.1, "data.dropout": 0.2}) == "model.dropout=0.1_data.dropout=0.2"
+    # a variant names an earlier run of the sweep by the sweep's directory, wherever --out puts it
+    _, runs = expand(recipe, ["sweep.variants={a: {}, b: {model.init: '{sweep}/a', data.tokenizer: {path: '{sweep}/t'}}}"],
+                     out_dir=str(tmp_path / "elsewhere"))
+    assert runs[-1].cfg.model.init == str(tmp_path / "elsewhere" / "a")
+    assert runs[-1].cfg.data.tokenizer.path == str(tmp_path / "elsewhere" / "t")
     assert run_name(None, {"model.channels": [32, 64]}) == "channels=32-64"
 
 

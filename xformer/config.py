@@ -163,7 +163,8 @@ class SweepConfig(Section):
     ``variants`` (named sets of overrides, e.g. a whole other model section)."""
 
     grid: dict[str, list[Any]] = Field({}, description="dotted key -> the values to try")
-    variants: dict[str, dict[str, Any]] = Field({}, description="name -> {dotted key: value}")
+    variants: dict[str, dict[str, Any]] = Field({}, description="name -> {dotted key: value}; "
+                                                  "'{sweep}' in a text value is the sweep's directory")
     metric: str | None = Field(None, description="the validation metric the report ranks by; None: task's")
 
 

@@ -9,6 +9,9 @@ rerun, a finished run is skipped when its saved ``config.yaml`` matches what the
 the rerun is refused when it does not), a failed one is retried and one that was cut short resumes from
 its last checkpoint: rerunning a sweep finishes it. A failing run does not stop the others; at the end
 the report (:mod:`xformer.commands.report`) is written, then the failures are raised as one error.
+
+A variant's text values may name the sweep's directory as ``{sweep}``: ``model.init: "{sweep}/mae"``
+fine-tunes from the sweep's earlier run ``mae`` wherever ``--out`` puts the sweep.
 """
 
 from __future__ import annotations
@@ -84,6 +87,17 @@ def run_name(variant: str | None, values: dict[str, Any]) -> str:
 
 
 
+def _in_sweep(value: Any, root: Path) -> Any:
+    """``value`` with ``{sweep}`` in its text (at any depth) replaced by the sweep directory ``root``."""
+    if isinstance(value, str):
+        return value.replace("{sweep}", str(root))
+    if isinstance(value, dict):
+        return {k: _in_sweep(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_sweep(v, root) for v in value]
+    return value
+
+
 def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
            out_dir: str | None = None) -> tuple[Path, list[SweepRun]]:
     """The sweep's directory and its runs, every config validated before anything trains. Each run
@@ -110,7 +124,7 @@ def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
             values = dict(zip(axes, combo))
             child = copy.deepcopy(tree)
             for key, value in [*changes.items(), *values.items()]:
-                set_path(child, key.split("."), value)
+                set_path(child, key.split("."), _in_sweep(value, root))
             name = run_name(variant, values)
             child["out_dir"] = str(root / name)
             what = f"{recipe} run {name}"
