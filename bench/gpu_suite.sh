@@ -21,20 +21,25 @@
 #   mae      (only when named in --steps) xformer pretrain recipes/mae_cifar_gpu.yaml for MAE_MINUTES
 #            (default 0.75): images/s, val loss against the per-patch-mean baseline, the reconstruction
 #            pictures -> mae/, mae.log
+#   mae_study (only when named in --steps) xformer sweep of recipes/studies/mae_cifar_gpu.yaml (issue 22) with
+#            every train.max_minutes scaled so that the scratch arm trains MAE_STUDY_MINUTES (default 2) and
+#            mae, finetune and probe half that each: about 2.5 x that plus 2 minutes in all (raise
+#            SUITE_BUDGET_S to run it after other steps) -> mae_study/<arm>/ (metrics.jsonl, result.json,
+#            config.yaml, train.log; the mae arm's reconstruction pictures), mae_study/ (the sweep's report.md
+#            and plots), mae_study.log
 # then $OUT/gpu_suite.json and $OUT/gpu_suite.md (the summary table, the goals met or not).
 #
-# Missing CIFAR data: a warning in --dry-run; in a real run the vit, cnn and the ViT profile fail with a
-# line saying so and everything else runs. Nothing is installed: the repository runs from PYTHONPATH;
-# the preflight lists the modules this python lacks (a wheelhouse in gpu_data/wheels is installed
-# into $WORK/site with --no-index when present).
-# Environment: OUT, PYTHON (default python), VIT_EPOCHS, MAE_MINUTES, VIT_SETS_EXTRA / CNN_SETS_EXTRA /
-# MAE_SETS_EXTRA (more key=value
-# overrides, space-separated), SUITE_BUDGET_S (default 460: the deadline of the last step), SUITE_WORK
-# (scratch for run dirs and caches, default a new /tmp folder).
+# Missing CIFAR data: a warning in --dry-run; in a real run the steps that train on CIFAR-10 and the ViT
+# profile fail with a line saying so and everything else runs. Nothing is installed: the repository runs
+# from PYTHONPATH; the preflight lists the modules this python lacks (a wheelhouse in gpu_data/wheels is
+# installed into $WORK/site with --no-index when present).
+# Environment: OUT, PYTHON (default python), VIT_EPOCHS, MAE_MINUTES, MAE_STUDY_MINUTES, VIT_SETS_EXTRA /
+# CNN_SETS_EXTRA / MAE_SETS_EXTRA (more key=value overrides, space-separated), SUITE_BUDGET_S (default 460:
+# the deadline of the last step), SUITE_WORK (scratch for run dirs and caches, default a new /tmp folder).
 
 set -u
-USAGE="usage: bash bench/gpu_suite.sh [--dry-run] [--steps tests,bert,vit,cnn,profile,mae]"
-ALL_STEPS="tests bert vit cnn profile mae"
+USAGE="usage: bash bench/gpu_suite.sh [--dry-run] [--steps tests,bert,vit,cnn,profile,mae,mae_study]"
+ALL_STEPS="tests bert vit cnn profile mae mae_study"
 DRY=0
 STEPS_ARG="tests,bert,vit,cnn,profile"
 while [ $# -gt 0 ]; do
@@ -56,7 +61,11 @@ for s in ${STEPS_ARG//,/ }; do
     esac
 done
 [ -n "$SELECTED" ] || { echo "gpu_suite.sh: error: --steps is empty ($USAGE)" >&2; exit 2; }
+MAE_STUDY_MINUTES=${MAE_STUDY_MINUTES:-2}
+[[ $MAE_STUDY_MINUTES =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && awk -v t="$MAE_STUDY_MINUTES" 'BEGIN { exit !(t > 0) }' \
+    || { echo "gpu_suite.sh: error: MAE_STUDY_MINUTES='$MAE_STUDY_MINUTES' is not a positive number of minutes" >&2; exit 2; }
 selected() { case " $SELECTED " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+step_selected() { case "$1" in bert_*) selected bert ;; *) selected "$1" ;; esac; }  # a name of ORDER
 
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
@@ -84,14 +93,18 @@ for kv in ${CNN_SETS_EXTRA:-}; do CNN_SETS+=(--set "$kv"); done
 # 87 steps an epoch at 512: one evaluation (and reconstruction picture) per epoch, a training record at each
 MAE_SETS=(--set "train.max_minutes=${MAE_MINUTES:-0.75}" --set train.log_every=29 --set train.progress=false)
 for kv in ${MAE_SETS_EXTRA:-}; do MAE_SETS+=(--set "$kv"); done
+STUDY=recipes/studies/mae_cifar_gpu.yaml   # run as a copy with its time budgets scaled (study_copy)
+STUDY_SETS=(--set train.progress=false)
 PROFILE_ARGS=(--targets bert,vit --warmup 5 --steps 8 --data-root gpu_data)
 MODULES="torch transformers tokenizers einops pydantic yaml safetensors pyarrow numpy PIL tqdm huggingface_hub pytest"
 FILES="bench/bert_throughput.py bench/gpu_profile.py tests/test_gpu.py tests/test_layers.py tests/test_hf_bert.py
        recipes/vit_cifar.yaml recipes/cnn_cifar.yaml recipes/mae_cifar_gpu.yaml recipes/bert_base.yaml
-       xformer/__main__.py"
+       recipes/studies/mae_cifar_gpu.yaml xformer/__main__.py"
 # nominal seconds per step; a step may also use what the steps before it left unused
-declare -A NOMINAL=([tests]=70 [bert_eager]=45 [bert_compile]=95 [vit]=110 [cnn]=80 [profile]=60 [mae]=75)
-ORDER="tests bert_eager bert_compile vit cnn profile mae"
+# (mae_study: its 2.5 x MAE_STUDY_MINUTES of training and about 30 s to start and finish each of its 4 arms)
+declare -A NOMINAL=([tests]=70 [bert_eager]=45 [bert_compile]=95 [vit]=110 [cnn]=80 [profile]=60 [mae]=75
+                    [mae_study]=$(awk -v t="$MAE_STUDY_MINUTES" 'BEGIN { printf "%d", 150 * t + 120 }'))
+ORDER="tests bert_eager bert_compile vit cnn profile mae mae_study"
 
 preflight() {  # $1: json path. Python, torch, CUDA and the modules this python lacks.
     timeout 90 "$PY" - "$1" $MODULES <<'PY'
@@ -109,6 +122,27 @@ except Exception as err:  # reported, not fatal here
 json.dump(info, open(path, "w"), indent=2)
 print(f"python {info['python']}, torch {info.get('torch')}, CUDA {info.get('cuda')} ({info.get('device')}), "
       f"varlen {info.get('has_varlen')}; missing modules: {', '.join(missing) or 'none'}")
+PY
+}
+
+study_copy() {  # $1: where to write the study with every train.max_minutes scaled; the scratch arm's (the
+    # recipe's own, 120) becomes MAE_STUDY_MINUTES, the variants' 60 half that
+    "$PY" - "$STUDY" "$1" "$MAE_STUDY_MINUTES" <<'PY'
+import sys
+import yaml
+src, dst, minutes = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tree = yaml.safe_load(open(src))
+factor = minutes / tree["train"]["max_minutes"]
+def scale(node, in_train=False):  # train: {max_minutes: ...} at any depth, and a variant's train.max_minutes
+    for key, value in node.items():
+        if (key == "train.max_minutes" or (in_train and key == "max_minutes")) and value is not None:
+            node[key] = value * factor
+        elif isinstance(value, dict):
+            scale(value, key == "train")
+scale(tree)
+with open(dst, "w") as f:
+    f.write(f"# {src} with every train.max_minutes x {factor:g} (bench/gpu_suite.sh, MAE_STUDY_MINUTES={minutes:g})\n")
+    yaml.safe_dump(tree, f, sort_keys=False)
 PY
 }
 
@@ -226,6 +260,30 @@ def mae_metrics():
             "pictures": len(list((out / "mae").glob("step_*.png")))}
 summary["mae"] = mae_metrics()
 
+def study_arms():
+    """The MAE study's arms in the order they ran: the status of each (result.json), its steps and training
+    minutes (the last training record), and its last validation accuracy (the mae arm: loss and baseline)."""
+    study = out / "mae_study"
+    if not study.is_dir():
+        return None
+    order = ["scratch", "mae", "finetune", "probe"]
+    arms = {}
+    for run in sorted((d for d in study.iterdir() if d.is_dir()),
+                      key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name)):
+        result = load(f"mae_study/{run.name}/result.json") or {}
+        path = run / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        train = [r for r in records if r.get("split") == "train"]
+        val = [r for r in records if r.get("split") == "val"]
+        last = val[-1] if val else {}
+        arms[run.name] = {"status": result.get("status"), "error": result.get("error"),
+                          "steps": result.get("step", train[-1]["step"] if train else None),
+                          "minutes": train[-1]["elapsed_s"] / 60 if train else None,
+                          "val_step": last.get("step"), "val_acc": last.get("acc"), "val_loss": last.get("loss"),
+                          "baseline_loss": last.get("baseline_loss")}
+    return arms
+summary["mae_study"] = study_arms()
+
 # the issue's goals
 best = [r for r in bert_rows if "error" not in r and r["model"] != "HF" and r["pad_frac"] == 0]
 top = max(best, key=lambda r: r["tokens_per_s"], default=None)
@@ -290,6 +348,21 @@ md.append("no results" if not mae else
           f"{mae['last_step']} steps, {f(mae['images_per_s'], '{:,.0f}')} images/s; val loss {f(mae['val_loss'], '{:.4f}')} "
           f"at step {mae['val_step']} (per-patch-mean baseline {f(mae['baseline_loss'], '{:.4f}')}); "
           f"{mae['pictures']} reconstruction pictures")
+study = summary["mae_study"]
+md += ["", "## MAE study (recipes/studies/mae_cifar_gpu.yaml, its time budgets scaled; the sweep's report: "
+       "mae_study/report.md)", ""]
+if study:
+    md += ["| arm | status | steps | minutes | val acc | val loss (mae: against the per-patch-mean baseline) |",
+           "|---|---|---|---|---|---|"]
+    for name, a in study.items():
+        status = a["status"] or "no result.json"
+        if a["error"]:
+            status += f": {a['error'][:120]}"
+        loss = f(a["val_loss"], "{:.4f}") + (f" (baseline {f(a['baseline_loss'], '{:.4f}')})" if a["baseline_loss"] is not None else "")
+        md.append(f"| {name} | {status} | {f(a['steps'], '{}')} | {f(a['minutes'], '{:.2f}')} | "
+                  f"{f(a['val_acc'], '{:.2%}')} | {loss} |")
+else:
+    md.append("no results")
 md += ["", "## Profile (GPU idle share of the profiled steps; top kernels)", ""]
 for name, r in (summary["profile"] or {}).items():
     if "error" in r:
@@ -320,7 +393,7 @@ if [ "$DRY" = 1 ]; then
         [ "$size" -le $((60 * 1024 * 1024)) ] && ok "$DATA_FILE ($size bytes)" \
             || warn "$DATA_FILE is $size bytes: with the code it may pass the 64 MiB carry limit"
     else
-        warn "$DATA_FILE not there yet (vit, cnn and the ViT profile need it): mkdir -p gpu_data/cifar10 && cp ../shared/data/cifar10/*.parquet gpu_data/cifar10/"
+        warn "$DATA_FILE not there yet (vit, cnn, mae, mae_study and the ViT profile need it): mkdir -p gpu_data/cifar10 && cp ../shared/data/cifar10/*.parquet gpu_data/cifar10/"
     fi
     grep -qx "gpu_data/" .gitignore 2>/dev/null && ok "gpu_data/ is git-ignored" || warn "gpu_data/ is not in .gitignore"
     tmp=$(mktemp -d)
@@ -342,10 +415,26 @@ for recipe, path in (("recipes/vit_cifar.yaml", sys.argv[1]), ("recipes/cnn_cifa
                      ("recipes/mae_cifar_gpu.yaml", sys.argv[3])):
     load_recipe(recipe, open(path).read().split())
 PY
+    # the study as the step runs it: the scaled copy expands into its arms, each config validated (no data is read)
+    if study_copy "$tmp/mae_study.yaml" && arms=$("$PY" - "$tmp/mae_study.yaml" "$tmp/mae_study" $(sets "${STUDY_SETS[@]}") <<'PY'
+import sys
+from xformer.commands.sweep import expand
+root, runs = expand(sys.argv[1], sys.argv[3:], out_dir=sys.argv[2])
+print(", ".join(f"{r.name} {r.cfg.train.max_minutes:g}" for r in runs))
+PY
+    ); then
+        ok "$STUDY scaled to MAE_STUDY_MINUTES=$MAE_STUDY_MINUTES expands into its arms (minutes: $arms)"
+    else
+        err "$STUDY scaled to MAE_STUDY_MINUTES=$MAE_STUDY_MINUTES does not expand"
+    fi
     "$PY" -m pytest --collect-only "${TEST_ARGS[@]}" >"$tmp/collect.log" 2>&1 \
         && ok "pytest collects $(awk -F': ' '/::/ {n++} /\.py: [0-9]+$/ {n += $2} END {print n + 0}' "$tmp/collect.log") GPU tests" || err "pytest cannot collect the GPU tests (see: ${TEST_ARGS[*]})"
     summarize "$tmp" >/dev/null && [ -f "$tmp/gpu_suite.md" ] && ok "the summary writes gpu_suite.json and gpu_suite.md" \
         || err "the summary fails on an empty run"
+    nominal=0
+    for s in $ORDER; do step_selected "$s" && nominal=$((nominal + NOMINAL[$s])); done
+    [ $nominal -le "${SUITE_BUDGET_S:-460}" ] \
+        || warn "the selected steps need about $nominal s, more than SUITE_BUDGET_S=${SUITE_BUDGET_S:-460}: the last ones will be cut short"
     echo "steps:$SELECTED; ViT $VIT_EPOCHS epochs; budget ${SUITE_BUDGET_S:-460} s"
     [ $errors = 0 ] && { echo "dry run OK"; exit 0; }
     echo "dry run: $errors error(s)"; exit 1
@@ -368,7 +457,7 @@ if [ -d gpu_data/wheels ] && ls gpu_data/wheels/*.whl >/dev/null 2>&1; then  # o
 fi
 { timeout 20 nvidia-smi 2>&1 | head -20; preflight "$OUT/preflight.json"; } > "$OUT/preflight.log" 2>&1
 tail -1 "$OUT/preflight.log"
-[ -f "$DATA_FILE" ] || echo "warning: $DATA_FILE is missing: vit, cnn and the ViT profile will fail (carry gpu_data)"
+[ -f "$DATA_FILE" ] || echo "warning: $DATA_FILE is missing: vit, cnn, mae, mae_study and the ViT profile will fail (carry gpu_data)"
 
 run_step() {  # name, command...: under the time left minus what the later selected steps are owed
     local name=$1; shift
@@ -387,7 +476,6 @@ run_step() {  # name, command...: under the time left minus what the later selec
     echo "   rc $rc in $(( $(date +%s) - t0 )) s; log $OUT/$name.log"
     tail -3 "$OUT/$name.log" | sed 's/^/   | /'
 }
-step_selected() { case "$1" in bert_*) selected bert ;; *) selected "$1" ;; esac; }
 
 if selected tests; then
     run_step tests "$PY" -m pytest "${TEST_ARGS[@]}" --junitxml="$OUT/tests_junit.xml"
@@ -412,6 +500,24 @@ if selected mae; then
     run_step mae "$PY" -m xformer pretrain recipes/mae_cifar_gpu.yaml --out "$WORK/mae" "${MAE_SETS[@]}"
     mkdir -p "$OUT/mae"
     cp "$WORK/mae"/metrics.jsonl "$WORK/mae"/config.yaml "$WORK/mae"/recon/step_*.png "$OUT/mae/" 2>/dev/null
+fi
+if selected mae_study; then
+    rm -rf "$WORK/mae_study"
+    if study_copy "$WORK/mae_study.yaml" > "$OUT/mae_study.log" 2>&1; then
+        run_step mae_study "$PY" -m xformer sweep "$WORK/mae_study.yaml" --out "$WORK/mae_study" "${STUDY_SETS[@]}"
+    else
+        printf 'mae_study\t1\t0\t0\n' >> "$OUT/steps.tsv"
+        echo "== mae_study: the scaled copy of $STUDY failed; log $OUT/mae_study.log"
+    fi
+    mkdir -p "$OUT/mae_study"
+    for run in "$WORK/mae_study"/*/; do
+        [ -d "$run" ] || continue
+        arm="$OUT/mae_study/$(basename "$run")"
+        mkdir -p "$arm"
+        cp "$run"metrics.jsonl "$run"result.json "$run"config.yaml "$run"train.log "$arm/" 2>/dev/null
+        cp "$run"recon/step_*.png "$arm/" 2>/dev/null   # the mae arm's reconstruction pictures
+    done
+    cp "$WORK/mae_study"/report.md "$WORK/mae_study"/*.png "$OUT/mae_study/" 2>/dev/null
 fi
 summarize "$OUT"
 echo "total $(( $(date +%s) - START )) s"

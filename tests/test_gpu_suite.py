@@ -4,6 +4,7 @@ helpers of the GPU benchmarks that need no GPU."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +22,32 @@ def load_bench(name: str):
     return module
 
 
-def suite(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(Path.home())}
+def suite(*args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(Path.home()),
+           **extra_env}
     return subprocess.run(["bash", str(SUITE), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
 @pytest.mark.slow
-def test_dry_run_checks_everything_and_runs_nothing():
-    """Exit 0 with the CIFAR copy present or not: its absence is a warning (it is carried only to the GPU)."""
-    done = suite("--dry-run")
+@pytest.mark.parametrize("args, env, arms", [
+    ([], {}, "scratch 2, mae 1, finetune 1, probe 1"),
+    (["--steps", "mae_study"], {"MAE_STUDY_MINUTES": "0.5", "SUITE_BUDGET_S": "100"},
+     "scratch 0.5, mae 0.25, finetune 0.25, probe 0.25"),
+])
+def test_dry_run_checks_everything_and_runs_nothing(args, env, arms):
+    """Exit 0 with the CIFAR copy present or not: its absence is a warning (it is carried only to the GPU).
+    The MAE study's copy, its time budgets scaled by MAE_STUDY_MINUTES, expands into its four arms."""
+    done = suite("--dry-run", *args, **env)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "dry run OK" in out and "error:" not in out
+    minutes = env.get("MAE_STUDY_MINUTES", 2)
+    assert (f"ok:      recipes/studies/mae_cifar_gpu.yaml scaled to MAE_STUDY_MINUTES={minutes} "
+            f"expands into its arms (minutes: {arms})") in out
+    # the study alone (195 s at 0.5 minutes) is over a budget of 100 s; the default steps fit the default budget
+    assert ("warning: the selected steps need about 195 s, more than SUITE_BUDGET_S=100" in out) == bool(args)
+    assert f"steps: {'mae_study' if args else 'tests bert vit cnn profile'};" in out
     data = [line for line in out.splitlines() if "gpu_data/cifar10/train.parquet" in line]
     assert data and data[0].startswith("ok:" if (REPO / "gpu_data/cifar10/train.parquet").is_file() else "warning:")
     for what in ("bert_throughput.py accepts its eager arguments", "bert_throughput.py accepts its compile arguments",
@@ -42,9 +56,11 @@ def test_dry_run_checks_everything_and_runs_nothing():
         assert f"ok:      bench/{what}" in out or f"ok:      {what}" in out, what
 
 
-@pytest.mark.parametrize("args", [["--bogus"], ["--dry-run", "extra"], ["--steps", "tests,nope"], ["--steps"]])
-def test_bad_arguments_exit_2_with_one_line(args):
-    done = suite(*args, timeout=30)
+@pytest.mark.parametrize("args, env", [(["--bogus"], {}), (["--dry-run", "extra"], {}), (["--steps", "tests,nope"], {}),
+                                       (["--steps"], {}), (["--dry-run"], {"MAE_STUDY_MINUTES": "0"}),
+                                       (["--steps", "mae_study"], {"MAE_STUDY_MINUTES": "two"})])
+def test_bad_arguments_exit_2_with_one_line(args, env):
+    done = suite(*args, timeout=30, **env)
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.splitlines()
@@ -67,3 +83,77 @@ def test_bert_throughput_arguments():
         with pytest.raises(SystemExit) as exit_info:
             bench.parse_args(bad)
         assert exit_info.value.code == 2
+
+
+# `xformer sweep` for the study step without training: the runs of the scaled copy, expanded as the real
+# sweep does, each given the files a real run leaves (and a checkpoint, which the suite must not copy)
+FAKE_SWEEP = """
+import argparse, json
+from pathlib import Path
+from xformer.commands.sweep import expand
+p = argparse.ArgumentParser()
+p.add_argument("recipe")
+p.add_argument("--out")
+p.add_argument("--set", action="append", default=[])
+args = p.parse_args()
+root, runs = expand(args.recipe, args.set, out_dir=args.out)
+val = {"scratch": {"acc": 0.5, "loss": 1.5}, "mae": {"loss": 0.4321, "baseline_loss": 0.9876},
+       "finetune": {"acc": 0.625, "loss": 1.2}, "probe": {"acc": 0.3125, "loss": 1.9}}
+for r in runs:
+    run = Path(r.cfg.out_dir)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "model.safetensors").write_text("weights")
+    records = [{"step": 10, "split": "train", "loss": 2.0, "elapsed_s": 15.0},
+               {"step": 20, "split": "train", "loss": 1.0, "elapsed_s": 30.0},
+               {"step": 20, "split": "val", **val[r.name]}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\\n" for x in records))
+    (run / "result.json").write_text(json.dumps({"name": r.name, "status": "finished", "step": 21}))
+    (run / "config.yaml").write_text(f"max_minutes: {r.cfg.train.max_minutes}\\nprogress: {r.cfg.train.progress}\\n")
+    (run / "train.log").write_text("trained\\n")
+    if r.name == "mae":
+        (run / "recon").mkdir()
+        (run / "recon" / "step_000020.png").write_bytes(b"png")
+(root / "report.md").write_text("# report\\n")
+(root / "curves.png").write_bytes(b"png")
+"""
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_mae_study_step_copies_the_arms_and_summarizes_them(tmp_path, works):
+    """A run of --steps mae_study with a stand-in `xformer sweep`: the study runs as a copy whose arms get the
+    scaled minutes, each arm's files (no checkpoints) land in mae_study/, and the summary has a row per arm;
+    a sweep that fails leaves "no results" and its exit status in the step table."""
+    failing = "import sys\nsys.exit('error: the study is broken')\n"
+    (tmp_path / "fake_sweep.py").write_text(FAKE_SWEEP if works else failing)
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/bash
+[ "$1 $2 $3" = "-m xformer sweep" ] && exec {sys.executable} {tmp_path / 'fake_sweep.py'} "${{@:4}}"
+exec {sys.executable} "$@"
+""")
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    done = suite("--steps", "mae_study", timeout=120, PYTHON=str(stub), OUT=str(out), SUITE_WORK=str(tmp_path / "work"),
+                 MAE_STUDY_MINUTES="3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "gpu_suite.json").read_text())
+    md = (out / "gpu_suite.md").read_text()
+    study_md = md.split("## MAE study")[1].split("##")[0]
+    if not works:
+        assert summary["steps"]["mae_study"]["rc"] == 1 and not summary["mae_study"]
+        assert "no results" in study_md and "error: the study is broken" in (out / "mae_study.log").read_text()
+        return
+    assert summary["steps"]["mae_study"]["rc"] == 0
+    study = out / "mae_study"
+    assert sorted(p.name for p in study.iterdir()) == ["curves.png", "finetune", "mae", "probe", "report.md", "scratch"]
+    for arm, minutes in (("scratch", 3.0), ("mae", 1.5), ("finetune", 1.5), ("probe", 1.5)):
+        files = sorted(p.name for p in (study / arm).iterdir())
+        assert files == sorted(["config.yaml", "metrics.jsonl", "result.json", "train.log"]
+                               + (["step_000020.png"] if arm == "mae" else [])), (arm, files)
+        assert (study / arm / "config.yaml").read_text() == f"max_minutes: {minutes}\nprogress: False\n"
+    assert list(summary["mae_study"]) == ["scratch", "mae", "finetune", "probe"]
+    assert summary["mae_study"]["mae"]["baseline_loss"] == 0.9876
+    rows = [line for line in study_md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == ["| scratch | finished | 21 | 0.50 | 50.00% | 1.5000 |",
+                    "| mae | finished | 21 | 0.50 | - | 0.4321 (baseline 0.9876) |",
+                    "| finetune | finished | 21 | 0.50 | 62.50% | 1.2000 |",
+                    "| probe | finished | 21 | 0.50 | 31.25% | 1.9000 |"]
