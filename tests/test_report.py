@@ -16,7 +16,7 @@ from PIL import Image
 
 from xformer.errors import XformerError
 from xformer.trained.evaluate import classification_report, write_report as write_eval_report
-from xformer.commands.report import _cell, expand_dirs, read_run, table, write_report
+from xformer.commands.report import _cell, expand_dirs, minutes_at, read_run, table, write_report
 
 
 def make_run(path, task="image_classification", records=(), max_steps=30, result=None, lines=(), **config):
@@ -121,6 +121,19 @@ def test_a_run_that_ran_out_of_time_is_finished(tmp_path):
     config["train"] = {"epochs": 3}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert "step 30" in read_run(run)["status"]
+
+
+def test_time_budgeted_runs_are_drawn_against_minutes(tmp_path):
+    """Runs with a time budget compare at equal time: their curves' x is the training clock, read at each
+    record's step from the train records (an evaluation between two of them is interpolated)."""
+    train = [{"step": 50, "elapsed_s": 30.0}, {"step": 100, "elapsed_s": 90.0}, {"step": 150, "elapsed_s": None}]
+    assert minutes_at(train, [50, 75, 100]) == pytest.approx([0.5, 1.0, 1.5])
+    assert minutes_at(train, [25]) == pytest.approx([0.25])  # from 0 at step 0
+    assert all(math.isnan(m) for m in minutes_at([{"step": 5}], [5, 10]))
+    for name, steps in (("a", (10, 20, 30)), ("b", (20, 40, 60))):
+        make_run(tmp_path / name, records=curve(steps=steps), train={"budget": "time", "max_minutes": 1})
+    write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert drawn(tmp_path / "out" / "curves.png")
 
 
 def test_null_and_nan_values_render_without_crashing(tmp_path):

@@ -17,6 +17,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from xformer.commands.glue_summary import write_comparison
 from xformer.commands.results import read_result
 from xformer.config import load_yaml
@@ -201,8 +203,17 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def minutes_at(train: list[dict], steps: list[int]) -> list[float]:
+    """The training minutes at each of ``steps``, interpolated between the train records' ``elapsed_s``."""
+    known = [(p["step"], t) for p in train if (t := _number(p.get("elapsed_s"))) is not None]
+    if not known:
+        return [float("nan")] * len(steps)
+    return [t / 60 for t in np.interp(steps, [0, *(k for k, _ in known)], [0.0, *(t for _, t in known)])]
+
+
 def plot(runs: list[dict], out_dir: Path, suffix: str = "") -> list[Path]:
-    """``curves<suffix>.png`` (loss and each ranking metric against step, train solid, validation dashed) and
+    """``curves<suffix>.png`` (loss and each ranking metric against step, or against minutes when every run
+    had a time budget; train solid, validation dashed) and
     ``final<suffix>.png`` (the final validation value per run, one chart per metric); [] when matplotlib is
     not installed. Missing and non-finite values are left out of the curves and shown as ``-`` bars."""
     try:
@@ -214,6 +225,7 @@ def plot(runs: list[dict], out_dir: Path, suffix: str = "") -> list[Path]:
         return []
     ranked = metrics(runs)
     keys = ["loss", *ranked]
+    by_time = all(r["config"].get("train.budget") == "time" for r in runs)
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
     axes = axes[0]
     for i, r in enumerate(runs):
@@ -222,9 +234,11 @@ def plot(runs: list[dict], out_dir: Path, suffix: str = "") -> list[Path]:
             for split, style in (("train", "-"), ("val", "--")):
                 pts = [(p["step"], v) for p in r[split] if (v := _number(p.get(key))) is not None]
                 if pts:
-                    ax.plot(*zip(*pts), style, color=colour, label=f"{r['name']} ({split})", marker="." if split == "val" else None)
+                    xs = minutes_at(r["train"], [s for s, _ in pts]) if by_time else [s for s, _ in pts]
+                    ax.plot(xs, [v for _, v in pts], style, color=colour, label=f"{r['name']} ({split})",
+                            marker="." if split == "val" else None)
     for ax, key in zip(axes, keys):
-        ax.set_xlabel("step")
+        ax.set_xlabel("minutes of training" if by_time else "step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
