@@ -69,7 +69,8 @@ def test_runs_ranked_by_different_metrics_get_a_column_each(tmp_path):
     text = report.read_text()
     # runs of different tasks: a table each (issue 20, class 8), each with its own metric
     tables = {s.splitlines()[0].split(":")[0]: s for s in text.split("\n## ")[1:]}
-    assert list(tables) == ["image_classification", "bert_pretraining", "contrastive"]
+    assert list(tables) == ["image_classification", "bert_pretraining", "contrastive", "Warnings"]
+    assert "the ranking metric 'zs_top1' is in none of its validation records" in tables.pop("Warnings")
     for task, name, metric, final in (("image_classification", "vit", "acc", "0.7"),
                                       ("bert_pretraining", "bert", "mlm_acc", "0.5"),
                                       ("contrastive", "clip", "zs_top1", "-")):  # clip logs no zs_top1
@@ -121,6 +122,15 @@ def test_a_run_that_ran_out_of_time_is_finished(tmp_path):
     config["train"] = {"epochs": 3}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert "step 30" in read_run(run)["status"]
+
+
+def test_a_ranking_metric_no_evaluation_holds_is_warned_about(tmp_path, capsys):
+    run = make_run(tmp_path / "r", records=curve(), sweep={"metric": "val.acc"})
+    assert read_run(run)["best"] is None
+    err = capsys.readouterr().err
+    assert "the ranking metric 'val.acc' is in none of its validation records (they hold acc, loss)" in err
+    read_run(make_run(tmp_path / "s", records=curve(), sweep={"metric": "acc"}))
+    assert "ranking metric" not in capsys.readouterr().err
 
 
 def test_time_budgeted_runs_are_drawn_against_minutes(tmp_path):

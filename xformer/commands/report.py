@@ -142,11 +142,15 @@ def read_run(run_dir: str | Path) -> dict:
         config, records, problem = {}, [], f"unreadable: {err}"
     records, repeated = unique_records(records)
     warnings = [] if repeated is None else [f"{run_dir / 'metrics.jsonl'}: {repeated}"]
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
     metric = _metric(config)
+    if metric and val and not any(metric in r for r in val):
+        held = sorted({k for r in val for k in r} - {"step", "split"})
+        warnings.append(f"{run_dir}: the ranking metric {metric!r} is in none of its validation records "
+                        f"(they hold {', '.join(held)}), so its columns are empty")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     wall = _number(result.get("wall_s"))
     return {
         "dir": run_dir, "name": run_dir.name, "config": _flatten(config), "metric": metric,
