@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = {}, False
     with tempfile.TemporaryDirectory(prefix="gpu_profile_") as tmp:
         work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for target in args.target_list:
             overrides = args.bert_set if target == "bert" else args.vit_set
             try:

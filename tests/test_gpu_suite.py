@@ -157,3 +157,18 @@ exec {sys.executable} "$@"
                     "| mae | finished | 21 | 0.50 | - | 0.4321 (baseline 0.9876) |",
                     "| finetune | finished | 21 | 0.50 | 62.50% | 1.2000 |",
                     "| probe | finished | 21 | 0.50 | 31.25% | 1.9000 |"]
+
+
+def test_profile_runs_on_the_cpu_into_a_new_work_folder(tmp_path):
+    """--work names a folder that does not exist yet (as the suite passes it): it is made, and the BERT
+    target's synthetic corpus is written into it (an H100 run failed here before)."""
+    bench = load_bench("gpu_profile")
+    tiny = ["model.dim=32", "model.depth=1", "model.num_heads=2", "model.mlp_ratio=2", "train.batch_size=4",
+            "data.max_seq_len=32", "train.device=cpu", "train.compile=false", "train.precision=fp32"]
+    out = tmp_path / "profile.json"
+    code = bench.main(["--targets", "bert", "--warmup", "1", "--steps", "1", "--work", str(tmp_path / "new" / "work"),
+                       "--json", str(out), *[f"--bert-set={kv}" for kv in tiny]])
+    record = json.loads(out.read_text())
+    assert code == 0, record
+    assert (tmp_path / "new" / "work" / "bert_corpus.parquet").is_file()
+    assert "error" not in record["bert"] and record["bert"]["step_s"] > 0, record

@@ -141,6 +141,25 @@ def test_resume_is_the_uninterrupted_run(tmp_path, offline, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_pictures_run_in_the_training_precision(tmp_path, offline, monkeypatch):
+    """Under ``train.precision=bf16`` the reconstruction picture's forward runs in bf16 autocast, as the
+    evaluation does: varlen and flash, chosen for bf16, refuse fp32 inputs (found on an H100)."""
+    seen = []
+    forward = MAETask.snapshot
+
+    def spy(self, model, step, out_dir):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return forward(self, model, step, out_dir)
+
+    monkeypatch.setattr(MAETask, "snapshot", spy)
+    source = image_parquet(tmp_path / "images.parquet", n=48)
+    cfg = load_recipe("recipes/mae_cifar.yaml", overrides(tmp_path, source, "run", "train.max_steps=2",
+                                                          "train.eval_every=1", "train.precision=bf16"))
+    run(cfg)
+    assert seen == [True, True]
+    assert (tmp_path / "run" / "recon" / "step_000002.png").is_file()
+
+
 def test_images_without_labels_load_from_parquet_and_folders(tmp_path):
     def loaded(source):
         return load_images(ImagesDataConfig(source=str(source), val_size=2, cache_dir=str(tmp_path / "cache")))

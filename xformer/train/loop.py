@@ -295,7 +295,8 @@ class Trainer:
         """Evaluate after ``step`` and log the metrics."""
         metrics = self.evaluate()
         if hasattr(self.task, "snapshot"):  # every process runs the model (it may be sharded); the main one writes
-            self.task.snapshot(self.model, step, self.run_dir if self.dist.is_main else None)
+            with self.autocast():  # the precision the backend was chosen for (varlen / flash need bf16 / fp16)
+                self.task.snapshot(self.model, step, self.run_dir if self.dist.is_main else None)
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", **metrics})
             untargeted = bool(no_targets(self.val_counts))  # its NaN metrics were not measured: say so
