@@ -17,7 +17,7 @@ from PIL import Image
 
 from xformer.commands.cli import main
 from xformer.commands.results import read_result
-from xformer.commands.sweep import expand, parse_grid, run_name, sweep
+from xformer.commands.sweep import expand, parse_grid, run_name, sweep, waves
 from xformer.config import config_text
 from xformer.errors import XformerError
 
@@ -288,3 +288,44 @@ def test_report_leaves_out_keys_that_only_follow_the_architecture():
     vit_deep = {"config": {"model.arch": "vit", "model.dropout": 0.0, "model.dim": 256}}
     assert varied_keys([cnn, vit]) == ["model.arch", "model.dropout"]
     assert varied_keys([cnn, vit, vit_deep]) == ["model.arch", "model.dropout", "model.dim"]
+
+
+def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, capsys):
+    """``--jobs 2``: the runs train in processes of their own, a run that starts from another run of the sweep
+    after it, and every run ends where the same sweep one run at a time ends."""
+    text = recipe.read_text().split("sweep:")[0] + """sweep:
+  variants:
+    base: {}
+    tuned: {model.init: "{sweep}/base", train.lr: 1.0e-3}
+    slow: {train.lr: 1.0e-3}
+"""
+    recipe.write_text(text)
+    _, runs = expand(recipe, out_dir=str(tmp_path / "x"))
+    assert [[r.name for r in wave] for wave in waves(runs)] == [["base", "slow"], ["tuned"]]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    sweep(recipe, out_dir=str(one))
+    capsys.readouterr()
+    assert main(["sweep", str(recipe), "--out", str(two), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    for label in (r"\[1/3\] base", r"\[2/3\] tuned", r"\[3/3\] slow"):
+        assert re.search(rf"^{label}: \d+ s; val loss", printed, re.M), printed
+    assert printed.index("[2/3] tuned") > max(printed.index("[1/3] base"), printed.index("[3/3] slow"))
+    tuned = (two / "tuned" / "train.log").read_text()
+    assert str(two / "base") in (two / "tuned" / "config.yaml").read_text() and "error" not in tuned
+    for name in ("base", "tuned", "slow"):
+        a, b = read_result(one / name), read_result(two / name)
+        assert b["status"] == "finished" and b["step"] == a["step"] == 30
+        # one thread per process against this process's pool: sums in another order, not bit-identical
+        assert b["val"] == pytest.approx(a["val"], abs=1e-4), name
+    assert set(table_rows((two / "report.md").read_text())) == {"base", "tuned", "slow"}
+
+    assert main(["sweep", str(recipe), "--out", str(two), "--jobs", "2"]) == 0  # a rerun skips all three
+    assert printed.count("finished before") == 0 and capsys.readouterr().out.count("finished before, skipped") == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_sweep_jobs_below_one_is_a_one_line_error(recipe, tmp_path, capsys, value):
+    assert main(["sweep", str(recipe), "--out", str(tmp_path / "s"), "--jobs", value]) == 2
+    assert capsys.readouterr().err == f"error: --jobs {value}: at least 1 (the runs trained at once)\n"
+    assert not (tmp_path / "s").exists()

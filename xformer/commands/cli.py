@@ -60,6 +60,9 @@ def _add_sweep_commands(sub) -> None:
                    help="values to try for a recipe key, e.g. --grid train.lr=1e-3,3e-4 (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", help="sweep directory (default: recipe's out_dir or runs/<recipe name>)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs trained at once, each in its own process with the CPU cores shared out; a run whose "
+                        "model.init is another run of the sweep waits for it (default: 1, one after another)")
     p.set_defaults(handler="xformer.commands.sweep:cmd_sweep")
 
     p = sub.add_parser("report", help="report.md and plots comparing runs")

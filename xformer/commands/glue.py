@@ -37,7 +37,7 @@ from xformer.commands.parallel_runs import train_at_once
 from xformer.commands.pretraining_cost import pretraining_cost
 from xformer.commands.recipe import parse_override, set_path
 from xformer.commands.results import is_finished, read_result
-from xformer.commands.sweep import SweepRun, refuse_changed, run_one
+from xformer.commands.sweep import SweepRun, check_jobs, refuse_changed, run_one
 from xformer.config import Section, load_yaml, validate
 from xformer.data import catalog
 from xformer.errors import XformerError, did_you_mean
@@ -264,12 +264,6 @@ def run_in_worker(g: GlueRun, label: str) -> tuple[dict, str]:
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         record = run_one(g.run, label, train_and_score(g.entry), progress(g))
     return record, printed.getvalue()
-
-
-def check_jobs(jobs: int) -> None:
-    """XformerError unless ``--jobs`` asks for at least one run at once."""
-    if jobs < 1:
-        raise XformerError(f"--jobs {jobs}: at least 1 (the runs trained at once)")
 
 
 def model_name(model: str, from_scratch: bool) -> str:

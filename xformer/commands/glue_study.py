@@ -28,8 +28,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from xformer.commands.glue import GLUE_TASKS, RECIPE, check_jobs, cmd_glue, glue, read_protocol
+from xformer.commands.glue import GLUE_TASKS, RECIPE, cmd_glue, glue, read_protocol
 from xformer.commands.glue_summary import compare, comparison_text
+from xformer.commands.sweep import check_jobs
 from xformer.config import Section, load_yaml, validate
 from xformer.errors import XformerError, did_you_mean
 from xformer.train.checkpoint import atomic_write_text

@@ -10,6 +10,10 @@ the rerun is refused when it does not), a failed one is retried and one that was
 its last checkpoint: rerunning a sweep finishes it. A failing run does not stop the others; at the end
 the report (:mod:`xformer.commands.report`) is written, then the failures are raised as one error.
 
+With ``--jobs N`` up to N runs train at once, each in a process of its own with the machine's cores shared
+out (:mod:`xformer.commands.parallel_runs`), in waves: a run that starts from another run of the sweep
+(``model.init`` naming that run's directory or a checkpoint in it) waits for the wave that trains it.
+
 A variant's text values may name the sweep's directory as ``{sweep}``: ``model.init: "{sweep}/mae"``
 fine-tunes from the sweep's earlier run ``mae`` wherever ``--out`` puts the sweep.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import io
 import itertools
 import json
 import re
@@ -174,6 +179,12 @@ def describe(record: dict) -> str:
     return f"{'resumed, ' if record['resumed'] else ''}{record['wall_s']:.0f} s; val {val}"
 
 
+def check_jobs(jobs: int) -> None:
+    """XformerError unless ``--jobs`` asks for at least one run at once."""
+    if jobs < 1:
+        raise XformerError(f"--jobs {jobs}: at least 1 (the runs trained at once)")
+
+
 def run_one(r: SweepRun, label: str, train, line=describe) -> dict:
     """Train one run with ``train`` (resuming from its checkpoints, if any; output to ``RUN/train.log``),
     write its ``result.json`` and print ``label: line(record)`` (or the error); returns the record, whose
@@ -206,23 +217,63 @@ def run_one(r: SweepRun, label: str, train, line=describe) -> dict:
     return record
 
 
-def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), out_dir: str | None = None) -> Path:
-    """Run (or finish) the sweep one run at a time; each run's output goes to ``RUN_DIR/train.log``.
-    Returns the sweep directory, which then holds ``report.md`` and the plots; XformerError after the
-    report when some runs failed."""
+def run_in_worker(r: SweepRun, label: str) -> tuple[dict, str]:
+    """One run in a process of its own: :func:`run_one`'s record and its progress line, for the parent to print."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        record = run_one(r, label, tasks.run)
+    return record, printed.getvalue()
+
+
+def _starts_from(r: SweepRun, other: SweepRun) -> bool:
+    """Whether ``r``'s ``model.init`` is ``other``'s run directory or a path inside it."""
+    init = getattr(getattr(r.cfg, "model", None), "init", None)
+    if not isinstance(init, str) or init.startswith("hf:"):
+        return False
+    there = Path(other.cfg.out_dir).resolve()
+    return there == Path(init).resolve() or there in Path(init).resolve().parents
+
+
+def waves(runs: list[SweepRun]) -> list[list[SweepRun]]:
+    """``runs`` in groups that may train at once: each run after every run of ``runs`` it starts from."""
+    left, out = list(runs), []
+    while left:
+        wave = [r for r in left if not any(_starts_from(r, o) for o in left if o is not r)]
+        if not wave:
+            raise XformerError(f"sweep runs {', '.join(r.name for r in left)} start from each other (model.init)")
+        out.append(wave)
+        left = [r for r in left if r not in wave]
+    return out
+
+
+def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), out_dir: str | None = None,
+          jobs: int = 1) -> Path:
+    """Run (or finish) the sweep, one run at a time or up to ``jobs`` at once in processes of their own; each
+    run's output goes to ``RUN_DIR/train.log``. Returns the sweep directory, which then holds ``report.md``
+    and the plots; XformerError after the report when some runs failed."""
+    check_jobs(jobs)
     root, runs = expand(recipe, overrides, grid, out_dir)
     finished = {r.name for r in runs if is_finished(read_result(r.cfg.out_dir))}
     refuse_changed(recipe, [r for r in runs if r.name in finished])
     prepare_dir(root)
     atomic_write_text(root / "sweep.yaml", yaml.safe_dump(
         {"recipe": str(recipe), "overrides": list(overrides), "runs": {r.name: r.values for r in runs}}, sort_keys=False))
+    labels = {r.name: f"[{i}/{len(runs)}] {r.name}" for i, r in enumerate(runs, 1)}
     failed = []
-    for i, r in enumerate(runs, 1):
-        label = f"[{i}/{len(runs)}] {r.name}"
-        if r.name in finished:
-            print(f"{label}: finished before, skipped", flush=True)
-        elif not is_finished(run_one(r, label, tasks.run)):  # tasks.run looked up now: tests replace it
-            failed.append(r.name)
+    if jobs == 1:
+        for r in runs:
+            if r.name in finished:
+                print(f"{labels[r.name]}: finished before, skipped", flush=True)
+            elif not is_finished(run_one(r, labels[r.name], tasks.run)):  # tasks.run looked up now: tests replace it
+                failed.append(r.name)
+    else:
+        from xformer.commands.parallel_runs import train_at_once  # it imports this module
+
+        for name in finished:
+            print(f"{labels[name]}: finished before, skipped", flush=True)
+        for wave in waves([r for r in runs if r.name not in finished]):
+            todo = [(labels[r.name], r, (r, labels[r.name]), describe) for r in wave]
+            failed += train_at_once(todo, jobs, run_in_worker)
+        failed.sort(key=[r.name for r in runs].index)
     report = write_report([Path(r.cfg.out_dir) for r in runs], root)
     print(f"report: {report}")
     if failed:
@@ -232,5 +283,5 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    """``xformer sweep``: :func:`sweep` of the recipe, its ``--set`` overrides and ``--grid`` values."""
-    sweep(args.recipe, args.set, args.grid, args.out)
+    """``xformer sweep``: :func:`sweep` of the recipe, its ``--set`` overrides, ``--grid`` values and ``--jobs``."""
+    sweep(args.recipe, args.set, args.grid, args.out, args.jobs)
