@@ -320,8 +320,10 @@ def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, caps
         assert b["val"] == pytest.approx(a["val"], abs=1e-4), name
     assert set(table_rows((two / "report.md").read_text())) == {"base", "tuned", "slow"}
 
-    assert main(["sweep", str(recipe), "--out", str(two), "--jobs", "2"]) == 0  # a rerun skips all three
-    assert printed.count("finished before") == 0 and capsys.readouterr().out.count("finished before, skipped") == 3
+    assert main(["sweep", str(recipe), "--out", str(two), "--jobs", "2"]) == 0  # a rerun skips all three, in order
+    assert "finished before" not in printed
+    assert capsys.readouterr().out.startswith("".join(f"[{i}/3] {name}: finished before, skipped\n"
+                                                      for i, name in enumerate(("base", "tuned", "slow"), 1)))
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])

@@ -268,8 +268,9 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
     else:
         from xformer.commands.parallel_runs import train_at_once  # it imports this module
 
-        for name in finished:
-            print(f"{labels[name]}: finished before, skipped", flush=True)
+        for r in runs:
+            if r.name in finished:
+                print(f"{labels[r.name]}: finished before, skipped", flush=True)
         for wave in waves([r for r in runs if r.name not in finished]):
             todo = [(labels[r.name], r, (r, labels[r.name]), describe) for r in wave]
             failed += train_at_once(todo, jobs, run_in_worker)
