@@ -36,8 +36,8 @@ from xformer.commands.glue_summary import seed_score, write_summary
 from xformer.commands.parallel_runs import train_at_once
 from xformer.commands.pretraining_cost import pretraining_cost
 from xformer.commands.recipe import parse_override, set_path
-from xformer.commands.results import is_finished, read_result
-from xformer.commands.sweep import SweepRun, check_jobs, refuse_changed, run_one
+from xformer.commands.results import SweepRun, is_finished, read_result
+from xformer.commands.sweep import check_jobs, refuse_changed, run_one
 from xformer.config import Section, load_yaml, validate
 from xformer.data import catalog
 from xformer.errors import XformerError, did_you_mean

@@ -26,8 +26,7 @@ from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
-from xformer.commands.results import is_finished, read_result
-from xformer.commands.sweep import SweepRun, error_line
+from xformer.commands.results import SweepRun, error_line, is_finished, read_result
 from xformer.train.checkpoint import atomic_write_text
 from xformer.train.run_dir import prepare_dir
 

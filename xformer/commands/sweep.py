@@ -30,31 +30,22 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from xformer import tasks
+from xformer.commands.parallel_runs import train_at_once
 from xformer.commands.recipe import parse_override, set_path
 from xformer.commands.report import write_report
-from xformer.commands.results import is_finished, read_result
+from xformer.commands.results import SweepRun, error_line, is_finished, read_result
 from xformer.config import load_yaml
 from xformer.errors import XformerError
 from xformer.train.checkpoint import atomic_write_text, latest_checkpoint
 from xformer.train.metrics import finite_or_none
 from xformer.train.run_dir import config_diff, prepare_dir, recipe_tree, saved_config
 from xformer.tasks import parse_config
-
-
-@dataclass
-class SweepRun:
-    """One point of a sweep: its name, the values that make it, and its resolved config."""
-
-    name: str
-    values: dict[str, Any]
-    cfg: Any
 
 
 def parse_grid(text: str) -> tuple[str, list[Any]]:
@@ -141,14 +132,6 @@ def expand(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (),
 
 
 # ----------------------------------------------------------------------------- running
-
-
-def error_line(err: Exception) -> str:
-    """An exception as one line: its message (with its type unless it is an XformerError), at most 300 characters."""
-    text = " ".join(str(err).split())
-    if not isinstance(err, XformerError):
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def refuse_changed(recipe: str | Path, finished: list[SweepRun], what: str = "sweep") -> None:
@@ -266,8 +249,6 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
             elif not is_finished(run_one(r, labels[r.name], tasks.run)):  # tasks.run looked up now: tests replace it
                 failed.append(r.name)
     else:
-        from xformer.commands.parallel_runs import train_at_once  # it imports this module
-
         for r in runs:
             if r.name in finished:
                 print(f"{labels[r.name]}: finished before, skipped", flush=True)
