@@ -24,10 +24,8 @@ locks its cache while it fills it) and tokenizes with MODEL's tokenizer, so noth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from xformer.commands.parallel_runs import train_at_once
 from xformer.commands.pretraining_cost import pretraining_cost
 from xformer.commands.recipe import parse_override, set_path
 from xformer.commands.results import SweepRun, is_finished, read_result
-from xformer.commands.sweep import check_jobs, refuse_changed, run_one
+from xformer.commands.sweep import check_jobs, refuse_changed, run_captured, run_one
 from xformer.config import Section, load_yaml, validate
 from xformer.data import catalog
 from xformer.errors import XformerError, did_you_mean
@@ -260,10 +258,8 @@ def progress(g: GlueRun):
 
 
 def run_in_worker(g: GlueRun, label: str) -> tuple[dict, str]:
-    """One run in a process of its own: :func:`run_one`'s record and its progress line, for the parent to print."""
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        record = run_one(g.run, label, train_and_score(g.entry), progress(g))
-    return record, printed.getvalue()
+    """One GLUE run in a process of its own (:func:`~xformer.commands.sweep.run_captured`)."""
+    return run_captured(g.run, label, train_and_score(g.entry), progress(g))
 
 
 def model_name(model: str, from_scratch: bool) -> str:

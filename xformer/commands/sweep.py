@@ -200,11 +200,17 @@ def run_one(r: SweepRun, label: str, train, line=describe) -> dict:
     return record
 
 
-def run_in_worker(r: SweepRun, label: str) -> tuple[dict, str]:
-    """One run in a process of its own: :func:`run_one`'s record and its progress line, for the parent to print."""
+def run_captured(r: SweepRun, label: str, train, line=describe) -> tuple[dict, str]:
+    """:func:`run_one`, with its progress line returned beside its record instead of printed: what a run in a
+    process of its own hands the parent to print."""
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        record = run_one(r, label, tasks.run)
+        record = run_one(r, label, train, line)
     return record, printed.getvalue()
+
+
+def run_in_worker(r: SweepRun, label: str) -> tuple[dict, str]:
+    """One sweep run in a process of its own (:func:`run_captured`)."""
+    return run_captured(r, label, tasks.run)
 
 
 def _starts_from(r: SweepRun, other: SweepRun) -> bool:
@@ -242,16 +248,12 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
         {"recipe": str(recipe), "overrides": list(overrides), "runs": {r.name: r.values for r in runs}}, sort_keys=False))
     labels = {r.name: f"[{i}/{len(runs)}] {r.name}" for i, r in enumerate(runs, 1)}
     failed = []
-    if jobs == 1:
-        for r in runs:
-            if r.name in finished:
-                print(f"{labels[r.name]}: finished before, skipped", flush=True)
-            elif not is_finished(run_one(r, labels[r.name], tasks.run)):  # tasks.run looked up now: tests replace it
-                failed.append(r.name)
-    else:
-        for r in runs:
-            if r.name in finished:
-                print(f"{labels[r.name]}: finished before, skipped", flush=True)
+    for r in runs:
+        if r.name in finished:
+            print(f"{labels[r.name]}: finished before, skipped", flush=True)
+        elif jobs == 1 and not is_finished(run_one(r, labels[r.name], tasks.run)):  # tasks.run looked up now: tests replace it
+            failed.append(r.name)
+    if jobs > 1:
         for wave in waves([r for r in runs if r.name not in finished]):
             todo = [(labels[r.name], r, (r, labels[r.name]), describe) for r in wave]
             failed += train_at_once(todo, jobs, run_in_worker)
