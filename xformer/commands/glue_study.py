@@ -10,7 +10,7 @@ A study file names the protocol, the tasks, the seeds and the models::
       models:                              # name -> model; the name is its folder under --out
         scratch: {model: runs/encoder_tiny, from_scratch: true}
         encoder_tiny: {model: runs/encoder_tiny, pretrain: recipes/encoder_tiny.yaml}
-        minilm: {model: "hf:/path/to/all-MiniLM-L6-v2", overrides: ["train.lr=5e-5"]}
+        minilm: {model: "hf:/path/to/all-MiniLM-L6-v2", overrides: ["train.lr=5e-5"], seeds: 1}
 
 Each model is :func:`xformer.commands.glue.glue` into ``OUT/<name>``, in file order, so that finished runs
 are skipped and cut ones resume as they do there. A model whose path does not exist is skipped with how to
@@ -44,6 +44,8 @@ class StudyModel(Section):
     pretrain: str | None = Field(None, description="the recipe that makes the model: `xformer pretrain "
                                  "<pretrain> --out <model>` (the hint when the model is missing)")
     overrides: list[str] = Field([], description="--set overrides of the protocol for this model's runs")
+    seeds: int | None = Field(None, ge=1, description="runs per task for this model (a costly reference model "
+                              "may run fewer); None: the study's seeds")
 
 
 class GlueStudy(Section):
@@ -160,7 +162,7 @@ def run_study(path: str | Path, out: str | Path | None = None, models: str | Non
             problems[name] = f"skipped: {why}"
         else:
             try:
-                glue(entry.model, tasks, study.seeds, out / name, [*entry.overrides, *overrides],
+                glue(entry.model, tasks, entry.seeds or study.seeds, out / name, [*entry.overrides, *overrides],
                      entry.from_scratch, study.protocol, jobs)
             except XformerError as err:  # this model's problem: the others go on
                 problems[name] = f"failed: {err}"
