@@ -9,9 +9,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from xformer.data.configs import AugmentConfig
 from xformer.data.image.augment import (
-    OPS,
     Augmenter,
-    apply_op,
     mixup_cutmix,
     normalize,
     rand_augment,
@@ -21,6 +19,7 @@ from xformer.data.image.augment import (
     soft_targets,
     trivial_augment,
 )
+from xformer.data.image.ops import OPS, apply_op
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

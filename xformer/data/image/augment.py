@@ -10,20 +10,21 @@ comes out as it would in the whole micro-batch, whatever the number of processes
 each row with its neighbour (rows 2k and 2k+1), a pair that a split into even blocks never separates.
 
 Images are (B, C, H, W), either uint8 (0..255) or float in [0, 1]; the per-sample ops come back
-in the dtype they were given. Policies follow torchvision's TrivialAugmentWide and RandAugment
-(op set, magnitude ranges), vectorised: each op runs once on the samples that drew it.
+in the dtype they were given. The policies, TrivialAugmentWide and RandAugment, draw each sample's ops and
+magnitudes here and apply them with :mod:`xformer.data.image.ops`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xformer.data.configs import AugmentConfig
+from xformer.data.image.ops import OPS, apply_per_sample, like, to_float
 
 Tensor = torch.Tensor
 
@@ -53,15 +54,6 @@ def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     """A numpy generator seeded from ``generator``: for the few scalar draws torch cannot seed (Beta)."""
     source = generator.device if generator is not None else "cpu"
     return np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator, device=source).item()))
-
-
-def _as_float(x: Tensor) -> Tensor:
-    return x.float() / 255 if x.dtype == torch.uint8 else x
-
-
-def _like(y: Tensor, x: Tensor) -> Tensor:
-    """Float ``y`` in [0, 1] back to the dtype of ``x``."""
-    return (y * 255).round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
 
 
 # ----------------------------------------------------------------------------- crop and flip
@@ -107,170 +99,7 @@ def random_resized_crop(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-# ----------------------------------------------------------------------------- per-sample ops
-# Each op maps float images (b, C, H, W) in [0, 1] and per-sample magnitudes (b,) to images.
-
-
-def _grayscale(x: Tensor) -> Tensor:
-    """(b, C, H, W) -> (b, 1, H, W), ITU-R 601 luma for RGB."""
-    if x.shape[1] != 3:
-        return x.mean(1, keepdim=True)
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-
-def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """``factor * x + (1 - factor) * other``, clamped; ``factor`` (b,)."""
-    f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * other).clamp(0, 1)
-
-
-def identity(x: Tensor, m: Tensor) -> Tensor:
-    return x
-
-
-def brightness(x: Tensor, m: Tensor) -> Tensor:
-    """Scale intensities by 1 + m."""
-    return _blend(x, torch.zeros_like(x), 1 + m)
-
-
-def color(x: Tensor, m: Tensor) -> Tensor:
-    """Saturation: blend with the grey image by 1 + m."""
-    return _blend(x, _grayscale(x).expand_as(x), 1 + m)
-
-
-def contrast(x: Tensor, m: Tensor) -> Tensor:
-    """Blend with the mean grey level by 1 + m."""
-    return _blend(x, _grayscale(x).mean((1, 2, 3), keepdim=True).expand_as(x), 1 + m)
-
-
-def sharpness(x: Tensor, m: Tensor) -> Tensor:
-    """Blend with a smoothed image (PIL's 3x3 SMOOTH filter, borders kept) by 1 + m."""
-    C = x.shape[1]
-    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device) / 13
-    smooth = x.clone()
-    smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel.expand(C, 1, 3, 3), groups=C)  # (b, C, H-2, W-2)
-    return _blend(x, smooth, 1 + m)
-
-
-def posterize(x: Tensor, m: Tensor) -> Tensor:
-    """Keep the top ``m`` bits (1..8) of each 8-bit value."""
-    step = (2 ** (8 - m.round())).view(-1, 1, 1, 1)
-    return torch.div((x * 255).round(), step, rounding_mode="floor") * step / 255
-
-
-def solarize(x: Tensor, m: Tensor) -> Tensor:
-    """Invert the values at or above the threshold ``m`` (in [0, 1])."""
-    return torch.where(x >= m.view(-1, 1, 1, 1), 1 - x, x)
-
-
-def autocontrast(x: Tensor, m: Tensor) -> Tensor:
-    """Stretch each channel to the full range (channels of one value are left as they are)."""
-    lo = x.amin((2, 3), keepdim=True)  # (b, C, 1, 1)
-    hi = x.amax((2, 3), keepdim=True)
-    flat = hi <= lo
-    scale = torch.where(flat, torch.ones_like(hi), 1 / (hi - lo).clamp_min(1e-6))
-    return torch.where(flat, x, (x - lo) * scale).clamp(0, 1)
-
-
-def equalize(x: Tensor, m: Tensor) -> Tensor:
-    """Histogram equalisation of each channel, as PIL's ImageOps.equalize."""
-    b, C, H, W = x.shape
-    values = (x * 255).round().long().reshape(b * C, H * W)  # (bC, HW)
-    hist = torch.zeros(b * C, 256, dtype=torch.long, device=x.device).scatter_add_(1, values, torch.ones_like(values))
-    top_count = hist.gather(1, values.amax(1, keepdim=True))  # (bC, 1) pixels at the highest value
-    step = (H * W - top_count) // 255  # (bC, 1)
-    lut = (hist.cumsum(1) - hist + step // 2) // step.clamp_min(1)  # (bC, 256)
-    out = torch.where(step > 0, lut.clamp(0, 255).gather(1, values), values)
-    return out.reshape(b, C, H, W).float() / 255
-
-
-def _affine(x: Tensor, linear: Tensor, shift: Tensor) -> Tensor:
-    """Resample with per-sample maps from output to input pixels about the centre: ``linear`` (b, 2, 2)
-    acting on (x, y), then ``shift`` (b, 2) pixels. Nearest neighbour, zeros outside."""
-    b, _, H, W = x.shape
-    theta = torch.zeros(b, 2, 3, device=x.device)  # the same maps in [-1, 1] coordinates
-    theta[:, 0, 0] = linear[:, 0, 0]
-    theta[:, 0, 1] = linear[:, 0, 1] * H / W
-    theta[:, 1, 0] = linear[:, 1, 0] * W / H
-    theta[:, 1, 1] = linear[:, 1, 1]
-    theta[:, :, 2] = shift * torch.tensor([2 / W, 2 / H], device=x.device)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (b, H, W, 2)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
-
-def _linear(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
-    return torch.stack([torch.stack([a, b], -1), torch.stack([c, d], -1)], -2)  # (b, 2, 2)
-
-
-def rotate(x: Tensor, m: Tensor) -> Tensor:
-    """Rotate by ``m`` degrees about the centre."""
-    rad = m * (math.pi / 180)
-    cos, sin = rad.cos(), rad.sin()
-    return _affine(x, _linear(cos, -sin, sin, cos), torch.zeros(len(x), 2, device=x.device))
-
-
-def shear_x(x: Tensor, m: Tensor) -> Tensor:
-    one, zero = torch.ones_like(m), torch.zeros_like(m)
-    return _affine(x, _linear(one, m, zero, one), torch.zeros(len(x), 2, device=x.device))
-
-
-def shear_y(x: Tensor, m: Tensor) -> Tensor:
-    one, zero = torch.ones_like(m), torch.zeros_like(m)
-    return _affine(x, _linear(one, zero, m, one), torch.zeros(len(x), 2, device=x.device))
-
-
-def translate_x(x: Tensor, m: Tensor) -> Tensor:
-    """Shift right by ``m`` pixels."""
-    eye = torch.eye(2, device=x.device).expand(len(x), 2, 2)
-    return _affine(x, eye, torch.stack([-m, torch.zeros_like(m)], -1))
-
-
-def translate_y(x: Tensor, m: Tensor) -> Tensor:
-    """Shift down by ``m`` pixels."""
-    eye = torch.eye(2, device=x.device).expand(len(x), 2, 2)
-    return _affine(x, eye, torch.stack([torch.zeros_like(m), -m], -1))
-
-
-OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    f.__name__: f
-    for f in (identity, brightness, color, contrast, sharpness, posterize, solarize, autocontrast, equalize,
-              rotate, shear_x, shear_y, translate_x, translate_y)
-}
-SIGNED = {"brightness", "color", "contrast", "sharpness", "rotate", "shear_x", "shear_y", "translate_x", "translate_y"}
-
-
-def apply_op(x: Tensor, name: str, magnitude: Tensor) -> Tensor:
-    """Op ``name`` of :data:`OPS` on uint8 or float images with per-sample ``magnitude`` (B,)."""
-    return _like(OPS[name](_as_float(x), magnitude.to(x.device, torch.float32)), x)
-
-
-def _magnitude(name: str, level: Tensor, wide: bool, width: int) -> Tensor:
-    """Magnitudes in an op's own units for ``level`` (b,) in [0, 1]: TrivialAugmentWide's ranges
-    (``wide``) or RandAugment's, as torchvision."""
-    if name == "posterize":
-        return 8 - (level * (6 if wide else 4)).round()  # bits kept
-    if name == "solarize":
-        return 1 - level  # threshold
-    if name in ("translate_x", "translate_y"):
-        return level * (32.0 if wide else 150 / 331 * width)  # pixels
-    strongest = {"rotate": 135.0 if wide else 30.0, "shear_x": 0.99 if wide else 0.3, "shear_y": 0.99 if wide else 0.3}
-    return level * strongest.get(name, 0.99 if wide else 0.9)
-
-
-def _apply_per_sample(x: Tensor, ops: Tensor, levels: Tensor, signs: Tensor, wide: bool) -> Tensor:
-    """Sample i gets op ``ops[i]`` at ``levels[i]`` in [0, 1] (negated where ``signs[i]`` for signed ops)."""
-    out = x.clone()
-    for k, name in enumerate(OPS):
-        if name == "identity":
-            continue
-        chosen = (ops == k).nonzero().squeeze(1)  # (b,)
-        if len(chosen) == 0:
-            continue
-        m = _magnitude(name, levels[chosen], wide, x.shape[-1])
-        if name in SIGNED:
-            m = torch.where(signs[chosen], -m, m)
-        out[chosen] = OPS[name](x[chosen], m)
-    return out
+# ----------------------------------------------------------------------------- policies
 
 
 def trivial_augment(
@@ -281,7 +110,7 @@ def trivial_augment(
     ops = _randint(generator, len(OPS), B, x.device, rows)
     levels = _randint(generator, magnitude_bins, B, x.device, rows).float() / max(magnitude_bins - 1, 1)
     signs = _rand(generator, B, x.device, rows) < 0.5
-    return _like(_apply_per_sample(_as_float(x), ops, levels, signs, wide=True), x)
+    return like(apply_per_sample(to_float(x), ops, levels, signs, wide=True), x)
 
 
 def rand_augment(
@@ -290,13 +119,13 @@ def rand_augment(
 ) -> Tensor:
     """RandAugment: ``num_ops`` ops in a row per sample, each drawn uniformly, all at bin ``magnitude``."""
     B = len(x)
-    y = _as_float(x)
+    y = to_float(x)
     levels = torch.full((B,), magnitude / max(magnitude_bins - 1, 1), device=x.device)
     for _ in range(num_ops):
         ops = _randint(generator, len(OPS), B, x.device, rows)
         signs = _rand(generator, B, x.device, rows) < 0.5
-        y = _apply_per_sample(y, ops, levels, signs, wide=False)
-    return _like(y, x)
+        y = apply_per_sample(y, ops, levels, signs, wide=False)
+    return like(y, x)
 
 
 # ----------------------------------------------------------------------------- mixing and normalising
@@ -353,7 +182,7 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 (or float in [0, 1]) images (B, C, H, W) -> float ``(x / 255 - mean) / std`` per channel."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (_as_float(x) - mean_t) / std_t
+    return (to_float(x) - mean_t) / std_t
 
 
 def soft_targets(labels: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
@@ -392,7 +221,7 @@ class Augmenter:
         x = random_crop(pixel_values, cfg.crop_padding, generator, rows)
         if cfg.hflip:
             x = random_hflip(x, generator, rows)
-        x = _as_float(x)  # (B, C, H, W) in [0, 1]
+        x = to_float(x)  # (B, C, H, W) in [0, 1]
         if cfg.policy == "trivial":
             x = trivial_augment(x, generator, rows=rows)
         elif cfg.policy == "randaugment":
@@ -403,4 +232,4 @@ class Augmenter:
 
     def eval(self, pixel_values: Tensor) -> Tensor:
         """uint8 (B, C, H, W) -> normalised float (B, C, S, S); nothing random."""
-        return normalize(resize(_as_float(pixel_values), self.image_size), self.mean, self.std)
+        return normalize(resize(to_float(pixel_values), self.image_size), self.mean, self.std)
