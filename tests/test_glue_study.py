@@ -210,8 +210,12 @@ def test_glue_needs_a_model_or_a_study(capsys):
 def test_the_issues_study_file_parses(monkeypatch):
     monkeypatch.chdir(REPO)  # its paths are relative to the repository root
     study = read_study(REPO / "recipes" / "studies" / "glue_small.yaml")
+    variants = ["encoder_tiny_mask30", "encoder_tiny_seq64", "encoder_tiny_vocab4k"]
     assert list(study.models) == ["scratch", "encoder_tiny", "bert_tiny_long", "scratch_mini", "encoder_mini", "encoder_mini_9k",
-                                 "minilm"]
+                                 *variants, "minilm"]
+    for name in variants:  # encoder_tiny with one setting changed, read the way encoder_tiny is
+        entry = study.models[name]
+        assert entry.model == f"runs/{name}" and entry.overrides == study.models["encoder_tiny"].overrides
     assert study.tasks == ["cola", "sst2", "mrpc", "stsb", "rte"] and study.seeds == 3
     assert Path(study.protocol).is_file() and study.models["scratch"].from_scratch
     assert study.models["scratch_mini"].from_scratch and study.models["scratch_mini"].model == "runs/encoder_mini"
