@@ -114,6 +114,45 @@ def test_the_runner_shares_the_cores_and_reports_errors_and_deaths():
     assert all(o.wall_s > 0 for o in outcomes.values())
 
 
+def stamps(folder: str, name: str) -> None:
+    """Leave ``name.start`` and ``name.end`` in ``folder``, each holding the time it was written, 0.3 s apart."""
+    Path(folder, f"{name}.start").write_text(repr(time.time()))
+    time.sleep(0.3)
+    Path(folder, f"{name}.end").write_text(repr(time.time()))
+
+
+def test_a_call_starts_when_its_prerequisites_succeeded_and_not_after_a_failure(tmp_path):
+    """``after``: b waits for a alone (not for c, which runs beside a); d waits for a run that failed
+    (an error), e for one its ``done`` counts as failed, f for d: none of the three starts."""
+    (tmp_path / "stamps").mkdir()
+    folder = str(tmp_path / "stamps")
+    calls = [(stamps, (folder, "a")), (stamps, (folder, "b")), (stamps, (folder, "c")), (fails, ()),
+             (stamps, (folder, "d")), (stamps, (folder, "e")), (stamps, (folder, "f")), (stamps, (folder, "g"))]
+    after = [set(), {0}, set(), set(), {3}, {7}, {4}, set()]
+    outcomes = {}
+
+    def done(index, outcome):
+        outcomes[index] = outcome
+        return index != 7  # g ran, but counts as failed
+
+    run_parallel(calls, 2, done, after)
+    t = {p.name: float(p.read_text()) for p in Path(folder).iterdir()}
+    assert sorted(t) == sorted(f"{n}.{w}" for n in "abcg" for w in ("start", "end"))
+    assert t["b.start"] >= t["a.end"] and t["c.start"] < t["a.end"]  # c took the second slot at once
+    assert all(outcomes[i].error is None for i in (0, 1, 2, 7))
+    assert outcomes[3].error == "RuntimeError: bad input second line"
+    for i in (4, 5, 6):
+        assert outcomes[i].error == "not started: a run it waits for failed" and outcomes[i].value is None
+
+
+def test_calls_that_wait_for_each_other_are_refused_before_any_starts(tmp_path):
+    folder = tmp_path / "stamps"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"calls \[0, 1\] wait for each other"):
+        run_parallel([(stamps, (str(folder), "a")), (stamps, (str(folder), "b"))], 2, lambda i, o: None, [{1}, {0}])
+    assert not list(folder.iterdir())
+
+
 def test_ctrl_c_stops_the_running_processes(tmp_path):
     pids = tmp_path / "pids"  # each sleeping process leaves its pid here
     pids.mkdir()

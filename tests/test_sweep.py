@@ -17,7 +17,7 @@ from PIL import Image
 
 from xformer.commands.cli import main
 from xformer.commands.results import read_result
-from xformer.commands.sweep import expand, parse_grid, run_name, sweep, waves
+from xformer.commands.sweep import expand, parse_grid, prerequisites, run_name, sweep
 from xformer.config import config_text
 from xformer.errors import XformerError
 
@@ -290,9 +290,10 @@ def test_report_leaves_out_keys_that_only_follow_the_architecture():
     assert varied_keys([cnn, vit, vit_deep]) == ["model.arch", "model.dropout", "model.dim"]
 
 
-def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, capsys):
+def test_two_jobs_train_as_one_each_after_the_run_it_starts_from(recipe, tmp_path, capsys):
     """``--jobs 2``: the runs train in processes of their own, a run that starts from another run of the sweep
-    after it, and every run ends where the same sweep one run at a time ends."""
+    after that run (not after every run started beside it), and every run ends where the same sweep one run
+    at a time ends."""
     text = recipe.read_text().split("sweep:")[0] + """sweep:
   variants:
     base: {}
@@ -301,7 +302,7 @@ def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, caps
 """
     recipe.write_text(text)
     _, runs = expand(recipe, out_dir=str(tmp_path / "x"))
-    assert [[r.name for r in wave] for wave in waves(runs)] == [["base", "slow"], ["tuned"]]
+    assert prerequisites(runs) == [set(), {0}, set()]
 
     one, two = tmp_path / "one", tmp_path / "two"
     sweep(recipe, out_dir=str(one))
@@ -310,7 +311,7 @@ def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, caps
     printed = capsys.readouterr().out
     for label in (r"\[1/3\] base", r"\[2/3\] tuned", r"\[3/3\] slow"):
         assert re.search(rf"^{label}: \d+ s; val loss", printed, re.M), printed
-    assert printed.index("[2/3] tuned") > max(printed.index("[1/3] base"), printed.index("[3/3] slow"))
+    assert printed.index("[2/3] tuned") > printed.index("[1/3] base")
     tuned = (two / "tuned" / "train.log").read_text()
     assert str(two / "base") in (two / "tuned" / "config.yaml").read_text() and "error" not in tuned
     for name in ("base", "tuned", "slow"):
@@ -324,6 +325,18 @@ def test_two_jobs_train_as_one_in_waves_that_respect_init(recipe, tmp_path, caps
     assert "finished before" not in printed
     assert capsys.readouterr().out.startswith("".join(f"[{i}/3] {name}: finished before, skipped\n"
                                                       for i, name in enumerate(("base", "tuned", "slow"), 1)))
+
+
+def test_runs_that_start_from_each_other_are_one_error_before_anything_is_written(recipe, tmp_path, capsys):
+    recipe.write_text(recipe.read_text().split("sweep:")[0] + """sweep:
+  variants:
+    a: {model.init: "{sweep}/b"}
+    b: {model.init: "{sweep}/a/checkpoints"}
+    c: {}
+""")
+    assert main(["sweep", str(recipe), "--out", str(tmp_path / "s"), "--jobs", "2"]) == 2
+    assert capsys.readouterr().err == "error: sweep runs a, b start from each other (model.init)\n"
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])

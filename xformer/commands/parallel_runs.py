@@ -88,27 +88,47 @@ def _stop(running: dict) -> None:
                 process.join()
 
 
-def run_parallel(calls: list[tuple[Callable, tuple]], jobs: int, done: Callable[[int, Outcome], None]) -> None:
+def run_parallel(calls: list[tuple[Callable, tuple]], jobs: int, done: Callable[[int, Outcome], bool | None],
+                 after: list[set[int]] | None = None) -> None:
     """Run each ``fn(*args)`` of ``calls`` in its own spawned process, at most ``jobs`` at once, each with
     ``cores() // jobs`` torch threads (at least one; ``jobs`` counted as at most the number of calls), and
-    hand ``done(index, outcome)`` each call's :class:`Outcome` as it ends, in the order they end. ``fn`` and
-    ``args`` must pickle (``fn`` a module-level function). Any exception here (Ctrl-C, one raised by
-    ``done``) stops the running processes before it propagates."""
+    hand ``done(index, outcome)`` each call's :class:`Outcome` as it ends, in the order they end. ``after[i]``
+    (when given) holds the indices of the calls that must succeed before call ``i`` starts: a call fails when
+    its outcome has an error or ``done`` returns False for it. A free slot goes to the first call in list
+    order that may start; a call one of whose prerequisites failed is not started: it ends with an error
+    saying so. ``fn`` and ``args`` must pickle (``fn`` a module-level function). Any exception here (Ctrl-C,
+    one raised by ``done``) stops the running processes before it propagates."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
     threads = max(1, cores() // max(1, min(jobs, len(calls))))
-    waiting = list(enumerate(calls))
+    after = after or [set() for _ in calls]
+    waiting = list(range(len(calls)))
+    succeeded, failed = set(), set()
     running: dict = {}  # the parent's end of each process's pipe -> (index, process, start time)
+
+    def end(index: int, outcome: Outcome) -> None:
+        ok = done(index, outcome) is not False and outcome.error is None
+        (succeeded if ok else failed).add(index)
+
     try:
         while waiting or running:
-            while waiting and len(running) < jobs:
-                index, (fn, args) = waiting.pop(0)
+            while blocked := [i for i in waiting if after[i] & failed]:  # and those that wait for them, in turn
+                for index in blocked:
+                    waiting.remove(index)
+                    end(index, Outcome(None, "not started: a run it waits for failed", 0.0))
+            for index in [i for i in waiting if after[i] <= succeeded][:max(0, jobs - len(running))]:
+                waiting.remove(index)
+                fn, args = calls[index]
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_child, args=(send, fn, args, threads), name=f"xformer-run-{index}")
                 process.start()
                 send.close()  # the child holds the only write end now: its death reads as end-of-file
                 running[receive] = (index, process, time.perf_counter())
+            if not running:
+                if waiting:  # only a cycle in ``after`` leaves calls that can never start
+                    raise ValueError(f"calls {waiting} wait for each other")
+                break
             for receive in connection.wait(list(running)):
                 index, process, t0 = running.pop(receive)
                 try:
@@ -118,7 +138,7 @@ def run_parallel(calls: list[tuple[Callable, tuple]], jobs: int, done: Callable[
                     value, error = None, _died(process.exitcode)
                 receive.close()
                 process.join()
-                done(index, Outcome(value, error, time.perf_counter() - t0))
+                end(index, Outcome(value, error, time.perf_counter() - t0))
     finally:
         _stop(running)
 
@@ -148,17 +168,20 @@ def record_outcome(run: SweepRun, label: str, outcome: Outcome, line: Callable[[
 
 
 def train_at_once(todo: list[tuple[str, SweepRun, tuple, Callable[[dict], str]]], jobs: int,
-                  worker: Callable) -> list[str]:
+                  worker: Callable, after: list[set[int]] | None = None) -> list[str]:
     """Train each (label, run, args, line) of ``todo`` as ``worker(*args)`` in a process of its own, up to
-    ``jobs`` at once; ``worker`` (module-level, to pickle) runs ``run_one`` and returns its record and what
-    it printed; ``line`` makes the progress line of a finished record. Each run's line is printed as it
-    ends; returns the names of the runs that failed, in ``todo``'s order."""
+    ``jobs`` at once, each after the runs ``after`` names for it (indices into ``todo``, as
+    :func:`run_parallel` takes them); ``worker`` (module-level, to pickle) runs ``run_one`` and returns its
+    record and what it printed; ``line`` makes the progress line of a finished record. Each run's line is
+    printed as it ends; returns the names of the runs that failed, in ``todo``'s order."""
     failed = set()
 
-    def done(index: int, outcome: Outcome) -> None:
+    def done(index: int, outcome: Outcome) -> bool:
         label, run, _, line = todo[index]
-        if not is_finished(record_outcome(run, label, outcome, line)):
-            failed.add(run.name)
+        if is_finished(record_outcome(run, label, outcome, line)):
+            return True
+        failed.add(run.name)
+        return False
 
-    run_parallel([(worker, args) for _, _, args, _ in todo], jobs, done)
+    run_parallel([(worker, args) for _, _, args, _ in todo], jobs, done, after)
     return [run.name for _, run, _, _ in todo if run.name in failed]

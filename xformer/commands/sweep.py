@@ -11,8 +11,9 @@ its last checkpoint: rerunning a sweep finishes it. A failing run does not stop 
 the report (:mod:`xformer.commands.report`) is written, then the failures are raised as one error.
 
 With ``--jobs N`` up to N runs train at once, each in a process of its own with the machine's cores shared
-out (:mod:`xformer.commands.parallel_runs`), in waves: a run that starts from another run of the sweep
-(``model.init`` naming that run's directory or a checkpoint in it) waits for the wave that trains it.
+out (:mod:`xformer.commands.parallel_runs`): a run that starts from another run of the sweep (``model.init``
+naming that run's directory or a checkpoint in it) starts when that run has finished, and is not started
+when it failed.
 
 A variant's text values may name the sweep's directory as ``{sweep}``: ``model.init: "{sweep}/mae"``
 fine-tunes from the sweep's earlier run ``mae`` wherever ``--out`` puts the sweep.
@@ -222,16 +223,18 @@ def _starts_from(r: SweepRun, other: SweepRun) -> bool:
     return there == Path(init).resolve() or there in Path(init).resolve().parents
 
 
-def waves(runs: list[SweepRun]) -> list[list[SweepRun]]:
-    """``runs`` in groups that may train at once: each run after every run of ``runs`` it starts from."""
-    left, out = list(runs), []
-    while left:
-        wave = [r for r in left if not any(_starts_from(r, o) for o in left if o is not r)]
-        if not wave:
-            raise XformerError(f"sweep runs {', '.join(r.name for r in left)} start from each other (model.init)")
-        out.append(wave)
-        left = [r for r in left if r not in wave]
-    return out
+def prerequisites(runs: list[SweepRun]) -> list[set[int]]:
+    """For each of ``runs``, the indices of the other runs of ``runs`` it starts from (``model.init``);
+    XformerError when some of them start from each other."""
+    after = [{j for j, other in enumerate(runs) if other is not r and _starts_from(r, other)} for r in runs]
+    ordered: set[int] = set()
+    while len(ordered) < len(runs):
+        ready = {i for i in range(len(runs)) if i not in ordered and after[i] <= ordered}
+        if not ready:
+            left = [r.name for i, r in enumerate(runs) if i not in ordered]
+            raise XformerError(f"sweep runs {', '.join(left)} start from each other (model.init)")
+        ordered |= ready
+    return after
 
 
 def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), out_dir: str | None = None,
@@ -243,6 +246,8 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
     root, runs = expand(recipe, overrides, grid, out_dir)
     finished = {r.name for r in runs if is_finished(read_result(r.cfg.out_dir))}
     refuse_changed(recipe, [r for r in runs if r.name in finished])
+    left = [r for r in runs if r.name not in finished]
+    after = prerequisites(left)
     prepare_dir(root)
     atomic_write_text(root / "sweep.yaml", yaml.safe_dump(
         {"recipe": str(recipe), "overrides": list(overrides), "runs": {r.name: r.values for r in runs}}, sort_keys=False))
@@ -254,10 +259,8 @@ def sweep(recipe: str | Path, overrides: list[str] = (), grid: list[str] = (), o
         elif jobs == 1 and not is_finished(run_one(r, labels[r.name], tasks.run)):  # tasks.run looked up now: tests replace it
             failed.append(r.name)
     if jobs > 1:
-        for wave in waves([r for r in runs if r.name not in finished]):
-            todo = [(labels[r.name], r, (r, labels[r.name]), describe) for r in wave]
-            failed += train_at_once(todo, jobs, run_in_worker)
-        failed.sort(key=[r.name for r in runs].index)
+        todo = [(labels[r.name], r, (r, labels[r.name]), describe) for r in left]
+        failed += train_at_once(todo, jobs, run_in_worker, after)
     report = write_report([Path(r.cfg.out_dir) for r in runs], root)
     print(f"report: {report}")
     if failed:
