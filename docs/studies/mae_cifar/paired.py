@@ -18,11 +18,11 @@ def correct(run_dir: str) -> np.ndarray:
     run = load_run(run_dir, "image_classification")
     val = load_image_data(run.cfg.data).val
     augmenter = _augmenter(run.cfg, len(run.class_names), run.cfg.model.image_size)
-    hits = []
+    model, hits = run.model.eval(), []
     with torch.no_grad():
         for start in range(0, len(val), 500):
             batch = val.batch(np.arange(start, min(len(val), start + 500)))
-            logits = run.model.eval()(pixel_values=augmenter.eval(batch["pixel_values"])).logits  # (B, classes)
+            logits = model(pixel_values=augmenter.eval(batch["pixel_values"])).logits  # (B, classes)
             hits.append(logits.argmax(-1) == batch["labels"])
     return torch.cat(hits).numpy()
 
@@ -33,4 +33,4 @@ if __name__ == "__main__":
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     print(f"{a_dir}: {a.mean():.4f}, {b_dir}: {b.mean():.4f}, {len(a)} images")
     print(f"right only by {a_dir}: {only_a}; only by {b_dir}: {only_b}; "
-          f"exact McNemar p = {binomtest(only_a, only_a + only_b).pvalue:.3f}")
+          f"exact McNemar p = {binomtest(only_a, only_a + only_b).pvalue:.2g}")
